@@ -1,0 +1,179 @@
+"""`lmpo` command line: train, eval, recipes, tasks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+USAGE_TRAIN = "lmpo train [RECIPE] [key=value ...]   e.g. lmpo train default optim.lr=2e-5 steps=10"
+
+
+def _cmd_train(args) -> int:
+    from lmpo.config import ConfigError, load_config
+
+    recipe, overrides = None, []
+    for item in args.items:
+        if "=" in item:
+            overrides.append(item)
+        elif recipe is None:
+            recipe = item
+        else:
+            raise ConfigError(f"unexpected argument {item!r}; usage: {USAGE_TRAIN}")
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    cfg = load_config(recipe, overrides)  # fails here, before any model loads
+    if args.dry_run:
+        from lmpo.config import dump_config
+
+        print(dump_config(cfg))
+        return 0
+    from lmpo.train.online import train_online
+
+    summary = train_online(cfg, resume=args.resume, show_progress=not args.no_progress)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="lmpo train")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k in ("accuracy_before", "accuracy_after", "steps", "wall_time_s", "final_model"):
+        v = summary.get(k)
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+def _cmd_eval(args) -> int:
+    import torch
+
+    from lmpo.data.files import load_examples
+    from lmpo.data.tasks import load_task
+    from lmpo.models.loading import load_model
+    from lmpo.train.evaluate import evaluate
+
+    if args.file:
+        examples = load_examples(args.file)[: args.n]
+        name = str(args.file)
+    else:
+        params = dict(_kv(p) for p in args.param)
+        examples = load_task(args.task, "test", args.n, seed=0, **params)
+        name = args.task
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load_model(args.model)
+    res = evaluate(model, tok, examples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                   system_prompt=args.system_prompt, k=args.k, temperature=args.temperature, seed=args.seed)
+    out = {"model": args.model, "task": name, "n": res.n, "accuracy": res.accuracy,
+           "pass_at_k": res.pass_at_k, "mean_length": res.mean_length, "truncated_frac": res.truncated_frac}
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"lmpo eval: {name}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("examples", str(res.n))
+    t.add_row("greedy accuracy", f"{res.accuracy:.4f}")
+    for k, v in res.pass_at_k.items():
+        t.add_row(f"pass@{k} ({args.k} samples)", f"{v:.4f}")
+    t.add_row("mean completion tokens", f"{res.mean_length:.1f}")
+    t.add_row("truncated", f"{res.truncated_frac:.3f}")
+    Console().print(t)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({**out, "samples": res.samples}, indent=1))
+    else:
+        print(json.dumps(out))
+    return 0
+
+
+def _kv(item: str):
+    import yaml
+
+    if "=" not in item:
+        raise ValueError(f"--param {item!r}: expected key=value")
+    k, v = item.split("=", 1)
+    return k, yaml.safe_load(v)
+
+
+def _cmd_recipes(args) -> int:
+    import yaml
+
+    from lmpo.config import RECIPES_DIR, list_recipes
+
+    for name in list_recipes():
+        first = (RECIPES_DIR / f"{name}.yaml").read_text().splitlines()[0]
+        desc = first.lstrip("# ").strip() if first.startswith("#") else ""
+        print(f"{name:28s} {desc}")
+    if args.show:
+        print(yaml.safe_dump(yaml.safe_load((RECIPES_DIR / f"{args.show}.yaml").read_text()), sort_keys=False))
+    return 0
+
+
+def _cmd_tasks(args) -> int:
+    from lmpo.data.tasks import TASKS
+
+    for name in TASKS.names():
+        task = TASKS.get(name)
+        doc = (task.__doc__ or "").strip().splitlines()
+        print(f"{name:16s} {doc[0] if doc else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmpo", description="Post-train causal language models with policy optimization.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train with a recipe (default: GRPO on the embedded model)", usage=USAGE_TRAIN)
+    t.add_argument("items", nargs="*", help="a recipe name or YAML path, then key=value overrides")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    t.add_argument("--output-dir", help="shortcut for output_dir=...")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--dry-run", action="store_true", help="validate and print the config, then stop")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="greedy accuracy / pass@k of a model on a task or a file")
+    e.add_argument("--model", default="embedded", help="'embedded', a HF directory (e.g. runs/x/final) or a .gguf")
+    e.add_argument("--task", default="arithmetic", help="built-in task (see `lmpo tasks`)")
+    e.add_argument("--param", action="append", default=[], help="task parameter key=value, e.g. difficulty=2")
+    e.add_argument("--file", help="JSONL/Parquet with prompt and answer instead of a task")
+    e.add_argument("--n", type=int, default=200, help="examples")
+    e.add_argument("--k", type=int, default=0, help="also pass@k from k samples per prompt")
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--max-new-tokens", type=int, default=64)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--system-prompt")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--threads", type=int)
+    e.add_argument("--out", help="write results (and every completion) as JSON here")
+    e.set_defaults(fn=_cmd_eval)
+
+    r = sub.add_parser("recipes", help="list the shipped recipes")
+    r.add_argument("--show", help="print one recipe")
+    r.set_defaults(fn=_cmd_recipes)
+
+    k = sub.add_parser("tasks", help="list the built-in verifiable tasks")
+    k.set_defaults(fn=_cmd_tasks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+        msg = e.args[0] if e.args else str(e)
+        print(f"lmpo {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

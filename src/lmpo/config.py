@@ -1,0 +1,284 @@
+"""Typed run configuration: YAML recipes validated before any model loads.
+
+Batch vocabulary (defined here once, used everywhere):
+
+* ``prompts_per_step``        prompts sampled for one training step (one rollout batch).
+* ``completions_per_prompt``  answers sampled per prompt: the group size G.
+* rollout batch               prompts_per_step x completions_per_prompt completions.
+* ``minibatch_size``          completions per optimizer step; the rollout batch is split
+                              into rollout/minibatch optimizer steps per inner epoch.
+* ``micro_batch_size``        completions per forward/backward pass (gradient accumulation;
+                              changes memory only, never the maths).
+* ``inner_epochs``            passes over the rollout batch (PPO epochs, mu in GRPO).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Method(Strict):
+    """A registered function chosen by name plus its keyword parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskConfig(Strict):
+    """A built-in task (name + params) or user files (train_file/test_file)."""
+
+    name: str | None = Field("arithmetic", description="built-in task; see `lmpo tasks`")
+    params: dict[str, Any] = Field(default_factory=dict, description="task parameters, e.g. difficulty")
+    train_file: str | None = Field(None, description="JSONL/Parquet rows with prompt and answer")
+    test_file: str | None = None
+    train_size: int = Field(2000, gt=0, description="built-in task: training problems")
+    test_size: int = Field(200, gt=0, description="held-out problems for evaluation")
+    system_prompt: str | None = Field(None, description="prepended as a system message when set")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.train_file is None and self.name is None:
+            raise ValueError("set task.name (a built-in task) or task.train_file")
+        return self
+
+
+class RewardSpec(Strict):
+    name: str = Field(description="built-in reward or 'module:function'")
+    weight: float = 1.0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class BatchConfig(Strict):
+    prompts_per_step: int = Field(8, gt=0)
+    completions_per_prompt: int = Field(8, gt=0, description="group size G")
+    minibatch_size: int | None = Field(None, gt=0, description="completions per optimizer step; default: whole rollout batch")
+    micro_batch_size: int = Field(16, gt=0, description="completions per forward/backward")
+    inner_epochs: int = Field(1, gt=0)
+
+    @property
+    def rollout_size(self) -> int:
+        return self.prompts_per_step * self.completions_per_prompt
+
+    @model_validator(mode="after")
+    def _divides(self):
+        mb = self.minibatch_size or self.rollout_size
+        if self.rollout_size % mb:
+            raise ValueError(
+                f"minibatch_size={mb} must divide prompts_per_step*completions_per_prompt={self.rollout_size}"
+            )
+        return self
+
+
+class SamplingConfigModel(Strict):
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list)
+
+
+class KLConfig(Strict):
+    beta: float = Field(0.0, ge=0, description="0 = no KL term and no reference model loaded")
+    estimator: str = "k3"
+    adaptive_target: float | None = Field(None, gt=0, description="target KL for the adaptive controller")
+    adaptive_horizon: int = Field(10000, gt=0)
+
+
+class AlgorithmConfig(Strict):
+    advantage: Method = Field(default_factory=lambda: Method(name="grpo"))
+    policy_loss: Method = Field(default_factory=lambda: Method(name="ppo_clip"))
+    kl: KLConfig = Field(default_factory=KLConfig)
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float | None = Field(1.0, gt=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+
+
+class LoraConfig(Strict):
+    enabled: bool = False
+    r: int = Field(16, gt=0)
+    alpha: float = 32.0
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class EvalConfig(Strict):
+    every: int = Field(0, ge=0, description="held-out eval every N steps (0: only before and after)")
+    size: int | None = Field(None, gt=0, description="test problems per eval (default: task.test_size)")
+    batch_size: int = Field(64, gt=0)
+    at_start: bool = True
+
+
+class RunConfig(Strict):
+    """An online RL run (sample, score, advantages, update)."""
+
+    kind: Literal["online"] = "online"
+    model: str = Field("embedded", description="'embedded', a HF directory, or a .gguf file")
+    tiny_model: bool = Field(False, description="tests: a tiny random model with the byte tokenizer")
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="correctness")])
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    sampling: SamplingConfigModel = Field(default_factory=SamplingConfigModel)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    steps: int = Field(50, gt=0)
+    seed: int = 0
+    threads: int | None = Field(None, gt=0, description="torch threads (default: all cores)")
+    output_dir: str = "runs/latest"
+    checkpoint_every: int = Field(10, ge=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    logprob_chunk: int = Field(512, gt=0, description="rows per LM-head chunk; bounds logits memory")
+
+    @field_validator("algorithm")
+    @classmethod
+    def _registered(cls, alg: AlgorithmConfig) -> AlgorithmConfig:
+        from lmpo.core import ADVANTAGES, KL_ESTIMATORS, POLICY_LOSSES
+
+        _check_method(ADVANTAGES, alg.advantage, "algorithm.advantage")
+        _check_method(POLICY_LOSSES, alg.policy_loss, "algorithm.policy_loss")
+        if alg.kl.estimator not in KL_ESTIMATORS:
+            raise ValueError(
+                f"algorithm.kl.estimator: unknown {alg.kl.estimator!r}; valid: {', '.join(KL_ESTIMATORS.names())}"
+            )
+        return alg
+
+    @field_validator("rewards")
+    @classmethod
+    def _rewards(cls, specs: list[RewardSpec]) -> list[RewardSpec]:
+        from lmpo.rewards.base import REWARDS
+
+        if not specs:
+            raise ValueError("at least one reward is needed")
+        for i, s in enumerate(specs):
+            if ":" in s.name:
+                continue  # user function, resolved (and checked) when the run starts
+            try:
+                REWARDS.get(s.name)
+                REWARDS.check_params(s.name, s.params)
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"rewards[{i}]: {e.args[0]}") from None
+        return specs
+
+    @model_validator(mode="after")
+    def _task(self):
+        from lmpo.data.tasks import TASKS
+
+        t = self.task
+        if t.train_file is None and t.name is not None:
+            try:
+                task = TASKS.get(t.name)
+            except KeyError as e:
+                raise ValueError(f"task.name: {e.args[0]}") from None
+            _check_task_params(task, t.params)
+        return self
+
+
+def _check_method(registry, m: Method, where: str) -> None:
+    try:
+        registry.get(m.name)
+        registry.check_params(m.name, m.params)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{where}: {e.args[0]}") from None
+
+
+def _check_task_params(task, params: dict) -> None:
+    import inspect
+
+    sig = inspect.signature(task.make)
+    allowed = {p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"seed"}
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValueError(f"task.params: {task.name} does not accept {unknown}; allowed: {sorted(allowed)}")
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message names the key and value."""
+
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def recipe_path(name_or_path: str | None) -> Path:
+    if name_or_path is None:
+        name_or_path = "default"
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    shipped = RECIPES_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"recipe {name_or_path!r}: not a YAML file and not a shipped recipe; shipped: {', '.join(list_recipes())}"
+    )
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key=value, e.g. optim.lr=1e-5")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a recipe (shipped name or path), apply key=value overrides, validate."""
+    path = recipe_path(recipe)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys to values")
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return validate(data, source=str(path))
+
+
+def validate(data: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_errors(e)}") from None
+
+
+def format_errors(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {loc!r}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            inp = err.get("input")
+            shown = f" (got {inp!r})" if not isinstance(inp, dict | list) else ""
+            lines.append(f"{loc}: {msg}{shown}")
+    return "; ".join(lines)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
