@@ -32,6 +32,7 @@ def test_train_two_steps_moves_parameters_and_saves_loadable_model(recipe, tmp_p
     assert any(r["grad_norm"] > 0 for r in steps)
     assert {r["step"] for r in rows if "eval/accuracy" in r} == {0, 2}
     assert (run / "reward.png").is_file() and (run / "tb").is_dir()
+    assert len((run / "eval" / "step-000002.jsonl").read_text().splitlines()) == 4
 
     from transformers import AutoModelForCausalLM
 

@@ -273,6 +273,9 @@ def run_eval(ctx: Context, step: int, log: MetricsLog, bar: StepProgress) -> dic
                    system_prompt=cfg.task.system_prompt)
     m = res.metrics()
     log.log(step, m)
+    out = Path(cfg.output_dir) / "eval" / f"step-{step:06d}.jsonl"  # every completion, for inspection
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(s) + "\n" for s in res.samples))
     bar.print(f"step {step}: held-out accuracy {res.accuracy:.3f} (n={res.n}, mean length {res.mean_length:.1f})")
     return m
 
