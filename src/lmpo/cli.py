@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+        if os.environ.get("LMPO_DEBUG"):  # full traceback for bug reports
+            raise
         msg = e.args[0] if e.args else str(e)
         print(f"lmpo {args.command}: error: {msg}", file=sys.stderr)
         return 2
