@@ -186,6 +186,12 @@ class RunConfig(Strict):
             except KeyError as e:
                 raise ValueError(f"task.name: {e.args[0]}") from None
             _check_task_params(task, t.params)
+            from lmpo.data.tasks import load_task
+
+            try:  # one problem is cheap and checks the parameter values too
+                load_task(t.name, "test", 1, seed=0, **t.params)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"task.params: {e}") from None
         return self
 
 

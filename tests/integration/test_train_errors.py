@@ -9,7 +9,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(autouse=True)
-def no_model_loading(monkeypatch):
+def no_model_loading(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the default recipe's output_dir must not be a real run
     def refuse(*a, **k):
         raise AssertionError("the model must not load when the input is bad")
 
