@@ -49,7 +49,11 @@ class Registry(Generic[F]):
         }
 
     def check_params(self, name: str, params: dict[str, Any]) -> None:
-        """Raise ValueError naming any key the function does not accept."""
+        """Raise ValueError naming any key the function does not accept.
+
+        A function may also carry a ``check_params(**params)`` attribute that validates the
+        values (e.g. that a file exists); it is called here, so values fail before any work.
+        """
         allowed = self.params(name)
         unknown = sorted(set(params) - set(allowed))
         if unknown:
@@ -57,6 +61,9 @@ class Registry(Generic[F]):
                 f"{self.kind} {name!r} does not accept {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(sorted(allowed)) or '(none)'}"
             )
+        check = getattr(self.get(name), "check_params", None)
+        if check is not None:
+            check(**params)
 
     def copy(self) -> Registry[F]:
         new: Registry[F] = Registry(self.kind)

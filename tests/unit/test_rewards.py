@@ -34,7 +34,7 @@ def batch(completions, examples=None, lengths=None, truncated=None, max_new_toke
 
 
 def test_builtin_names():
-    assert REWARDS.names() == ["correctness", "format", "length"]
+    assert REWARDS.names() == ["correctness", "format", "length", "reward_model"]
 
 
 def test_dapo_overlong_worked_example():

@@ -1,7 +1,8 @@
 """Rewards: ``fn(batch: ScoreBatch, *, <params>) -> list[float]``, found by name in REWARDS.
 
 Built-ins: ``correctness`` (task check / math-verify), ``format`` (answer format of the
-prompt), ``length`` (DAPO soft overlong penalty). User rewards by import path
+prompt), ``length`` (DAPO soft overlong penalty), ``reward_model`` (saved reward models or an
+ensemble of them). User rewards by import path
 ``"package.module:function"`` with TRL's ``fn(completions, answers, **kw)`` signature.
 ``score(batch, specs)`` returns the weighted total [B] and each reward's values.
 """
@@ -23,6 +24,7 @@ from lmpo.rewards.builtin import (
     length,
     overlong_penalty,
 )
+from lmpo.rewards.reward_model import reward_model
 
 __all__ = [
     "REWARDS",
@@ -36,6 +38,7 @@ __all__ = [
     "length",
     "overlong_penalty",
     "resolve_reward",
+    "reward_model",
     "resolve_specs",
     "score",
 ]
