@@ -144,6 +144,7 @@ class RunConfig(Strict):
     checkpoint_every: int = Field(10, ge=0)
     keep_checkpoints: int = Field(2, gt=0)
     logprob_chunk: int = Field(512, gt=0, description="rows per LM-head chunk; bounds logits memory")
+    shared_prefix: bool = Field(True, description="encode a group's prompt once per micro-batch (same maths)")
 
     @field_validator("algorithm")
     @classmethod

@@ -104,3 +104,20 @@ def test_eval_command_writes_json(recipe, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["n"] == 4 and 0 <= res["accuracy"] <= 1 and set(res["pass_at_k"]) == {"1", "2"}
     assert len(res["samples"]) == 4
+
+
+def test_shared_prefix_training_equals_plain(recipe, tmp_path):
+    """One step with each group's prompt encoded once == the plain per-row forward."""
+    from lmpo.config import load_config
+    from lmpo.train.online import train_online
+
+    runs = {}
+    for shared in (True, False):
+        cfg = load_config(str(recipe()), [f"shared_prefix={str(shared).lower()}", "steps=1",
+                                          f"output_dir={tmp_path / str(shared)}", "eval.at_start=false"])
+        runs[shared] = train_online(cfg, show_progress=False)["last_step"]
+    for k in ("loss", "grad_norm", "entropy", "reward", "clip_frac"):
+        assert runs[True][k] == pytest.approx(runs[False][k], rel=1e-4, abs=1e-6), k
+    a, b = (load_file(tmp_path / str(s) / "final" / "model.safetensors") for s in (True, False))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-4)

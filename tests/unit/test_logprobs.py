@@ -1,6 +1,14 @@
+import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from lmpo.models.logprobs import position_ids_from_mask, selective_logprobs, sequence_logprobs
+from lmpo.models.logprobs import (
+    position_ids_from_mask,
+    selective_logprobs,
+    sequence_logprobs,
+    shared_prefix_logprobs,
+)
 
 
 def naive_logprobs(model, ids, attn, start):
@@ -57,3 +65,70 @@ def test_selective_logprobs_temperature():
     got, _ = selective_logprobs(h, head, y, temperature=0.7, chunk_size=3)
     want = torch.log_softmax(head(h) / 0.7, -1).gather(-1, y[:, None]).squeeze(-1)
     torch.testing.assert_close(got, want)
+
+
+# ------------------------------------------------------------------ shared-prefix forward
+
+
+def _groups(tok, prompts, answers_per_prompt, seed=0):
+    """Rollout-shaped tensors: each prompt repeated for its answers, left/right padded."""
+    from lmpo.rollout.sampler import encode_prompts
+
+    g = torch.Generator().manual_seed(seed)
+    rows, gid = [], []
+    for i, (p, answers) in enumerate(zip(prompts, answers_per_prompt, strict=True)):
+        for a in answers:
+            rows.append((p, torch.randint(3, 200, (a,), generator=g)))
+            gid.append(i)
+    prompt_ids, prompt_mask = encode_prompts(tok, [p for p, _ in rows])
+    T = max(len(r) for _, r in rows)
+    resp = torch.full((len(rows), T), tok.pad_token_id)
+    rmask = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, (_, r) in enumerate(rows):
+        resp[i, : len(r)], rmask[i, : len(r)] = r, 1
+    return prompt_ids, prompt_mask, resp, rmask, torch.tensor(gid)
+
+
+def _plain(model, prompt_ids, prompt_mask, resp, rmask, **kw):
+    ids, attn = torch.cat([prompt_ids, resp], 1), torch.cat([prompt_mask, rmask], 1)
+    return sequence_logprobs(model, ids, attn, prompt_ids.shape[1], **kw)
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "eager"])
+def test_shared_prefix_equals_plain_forward(tiny, attn_impl):
+    model, tok = tiny
+    model.config._attn_implementation = attn_impl
+    try:
+        batch = _groups(tok, ["What is 2+2?", "A much longer prompt, with more tokens in it", "Q"], [[5, 1, 9], [4, 4], [7]])
+        want, want_ent = _plain(model, *batch[:4], with_entropy=True)
+        got, got_ent = shared_prefix_logprobs(model, *batch, chunk_size=3, with_entropy=True)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_ent, want_ent, atol=1e-5, rtol=1e-5)
+    finally:
+        model.config._attn_implementation = "sdpa"
+
+
+def test_shared_prefix_gradients_equal_plain(tiny):
+    model, tok = tiny
+    batch = _groups(tok, ["Hello there, solve this", "Another one"], [[3, 6, 2, 5], [8, 1]], seed=1)
+    w = torch.randn(batch[2].shape)
+    model.zero_grad()
+    (_plain(model, *batch[:4])[0] * w).sum().backward()
+    g_ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    (shared_prefix_logprobs(model, *batch, chunk_size=4)[0] * w).sum().backward()
+    for a, b in zip(g_ref, [p.grad for p in model.parameters()], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.zero_grad()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=4), min_size=1, max_size=3), st.integers(0, 99))
+def test_shared_prefix_property(tiny, sizes, seed):
+    """Any group layout (group sizes, answer lengths, split groups) matches the plain forward."""
+    model, tok = tiny
+    prompts = ["p" * (1 + (seed + i) % 7) for i in range(len(sizes))]
+    batch = _groups(tok, prompts, sizes, seed=seed)
+    want, _ = _plain(model, *batch[:4])
+    got, _ = shared_prefix_logprobs(model, *batch)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -60,3 +60,16 @@ def test_stop_strings_end_sequences(tiny):
     stopped = generate(model, tok, PROMPTS, SamplingConfig(max_new_tokens=10, greedy=True, stop=(first,)))
     assert stopped.texts[0] == first
     assert not stopped.truncated[0]
+
+
+def test_repeats_prefill_once_equals_repeated_prompts(tiny):
+    """Prefilling each prompt once and copying its cache G times samples what G copies would."""
+    model, tok = tiny
+    cfg = SamplingConfig(max_new_tokens=10, temperature=1.0)
+    G = 3
+    a = generate(model, tok, PROMPTS, cfg, generator=torch.Generator().manual_seed(5), repeats=G)
+    b = generate(model, tok, [p for p in PROMPTS for _ in range(G)], cfg, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.prompt_mask, b.prompt_mask)
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)
+    assert torch.equal(a.truncated, b.truncated)

@@ -106,3 +106,107 @@ def sequence_logprobs(
     if with_entropy:
         ent = torch.zeros(B, T).masked_scatter(mask, sel_ent)
     return logp, ent
+
+
+# ------------------------------------------------------------------------- shared prefixes
+
+
+def _pack_groups(prompt_ids, prompt_mask, response_ids, response_mask, rows_by_group):
+    """One packed row per group: [prompt, response_1, ..., response_k] (real tokens only).
+
+    Returns ids, positions, segment ids (0 prompt, j for response j, -1 padding) [N, L] and,
+    per completion row, (pack index, hidden-state indices that predict its tokens, length).
+    """
+    packs, where = [], {}
+    for n, rows in enumerate(rows_by_group):
+        prompt = prompt_ids[rows[0]][prompt_mask[rows[0]].bool()]
+        p = len(prompt)
+        ids, pos, seg, off = [prompt], [torch.arange(p)], [torch.zeros(p, dtype=torch.long)], p
+        for j, r in enumerate(rows, start=1):
+            n_tok = int(response_mask[r].sum())
+            ids.append(response_ids[r, :n_tok])
+            pos.append(torch.arange(p, p + n_tok))  # every answer continues the prompt at position p
+            seg.append(torch.full((n_tok,), j))
+            # token t of the answer is predicted by the state before it: the prompt's last
+            # token for t = 0, else the answer's own token t - 1
+            idx = torch.cat([torch.tensor([p - 1]), torch.arange(off, off + n_tok - 1)]) if n_tok else torch.arange(0)
+            where[r] = (n, idx, n_tok)
+            off += n_tok
+        packs.append((torch.cat(ids), torch.cat(pos), torch.cat(seg)))
+    L = max(len(x[0]) for x in packs)
+    ids = torch.zeros(len(packs), L, dtype=torch.long)
+    pos = torch.zeros(len(packs), L, dtype=torch.long)
+    seg = torch.full((len(packs), L), -1, dtype=torch.long)
+    for n, (i, p, s) in enumerate(packs):
+        ids[n, : len(i)], pos[n, : len(p)], seg[n, : len(s)] = i, p, s
+    return ids, pos, seg, where
+
+
+def shared_prefix_mask(seg: Tensor, dtype: torch.dtype, attn_implementation: str) -> Tensor:
+    """[N, 1, L, L] mask: causal inside the prompt; each answer sees the prompt and its own past.
+
+    Padding positions (segment -1) attend only to themselves so no softmax row is empty.
+    Boolean (True = attend) for SDPA, additive float for eager attention.
+    """
+    L = seg.shape[1]
+    q, k = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    sq, sk = seg[:, :, None], seg[:, None, :]
+    allowed = (k <= q) & (sk >= 0) & ((sk == 0) | (sk == sq))
+    allowed = allowed | ((sq < 0) & (k == q))
+    allowed = allowed[:, None]
+    if attn_implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return allowed
+
+
+def supports_shared_prefix(model) -> bool:
+    """Custom 4D masks reach the attention kernel as-is for SDPA and eager attention."""
+    return getattr(unwrap(model).config, "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def shared_prefix_logprobs(
+    model,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    response_mask: Tensor,
+    group_ids: Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 512,
+    with_entropy: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Response log-probs with each group's prompt encoded once (Prefix Grouper).
+
+    Liu et al., "Prefix Grouper: Efficient GRPO Training through Shared-Prefix Forward"
+    (2025): the G answers of a group share one prompt, so the prompt's hidden states are
+    computed once and every answer attends to them plus its own causal past. Outputs and
+    gradients equal the standard forward (`sequence_logprobs` on [prompt; answer] rows) up
+    to float rounding; the prompt's gradient is the sum over its answers, as it is there.
+    Departure: instead of splitting attention into prefix/suffix calls, each group is one
+    packed row with a block mask, which any SDPA/eager model accepts unchanged.
+
+    prompt_ids/prompt_mask: [B, P] left-padded; response_ids/response_mask: [B, T]
+    right-padded; group_ids: [B] (rows with equal ids must have the same prompt).
+    Returns logp [B, T] (0 on padding) and optionally the detached entropy [B, T].
+    """
+    B, T = response_ids.shape
+    rows_by_group: dict[int, list[int]] = {}
+    for r, g in enumerate(group_ids.tolist()):
+        rows_by_group.setdefault(g, []).append(r)
+    ids, pos, seg, where = _pack_groups(prompt_ids, prompt_mask, response_ids, response_mask, list(rows_by_group.values()))
+    decoder, head = decoder_and_head(model)
+    impl = unwrap(model).config._attn_implementation
+    mask = shared_prefix_mask(seg, head.weight.dtype, impl)
+    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    L = ids.shape[1]
+    flat_idx = torch.cat([n * L + idx for r, (n, idx, _) in sorted(where.items())])
+    resp_mask = response_mask.bool()
+    labels = response_ids[resp_mask]  # row-major order == sorted rows, tokens in order
+    sel_logp, sel_ent = selective_logprobs(
+        hidden.reshape(-1, hidden.shape[-1])[flat_idx], head, labels,
+        temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy,
+    )
+    logp = torch.zeros(B, T, dtype=torch.float32).masked_scatter(resp_mask, sel_logp)
+    ent = torch.zeros(B, T).masked_scatter(resp_mask, sel_ent) if with_entropy else None
+    return logp, ent

@@ -91,17 +91,23 @@ def generate(
     cfg: SamplingConfig,
     *,
     generator: torch.Generator | None = None,
+    repeats: int = 1,
 ) -> Rollout:
+    """Sample `repeats` answers for each prompt (rows prompt-major: p0, p0, ..., p1, ...).
+
+    Each distinct prompt is prefilled once and its cache copied `repeats` times: a group's
+    prompt costs one forward instead of G (the generation half of prefix sharing).
+    """
     from transformers import DynamicCache
 
     was_training = model.training
     model.eval()
     decoder, head = decoder_and_head(model)
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts)
-    B, P = prompt_ids.shape
     eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.config, "eos_token_id", None)))
     eos_t = torch.tensor(sorted(e for e in eos if e is not None))
     T = cfg.max_new_tokens
+    B = len(prompts) * repeats
     out_ids = torch.full((B, T), tokenizer.pad_token_id, dtype=torch.long)
     out_logp = torch.zeros(B, T)
     out_mask = torch.zeros(B, T, dtype=torch.long)
@@ -112,6 +118,10 @@ def generate(
     mask = prompt_mask.clone()
     pos = position_ids_from_mask(mask)
     hidden = decoder(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+        hidden, mask, pos = (x.repeat_interleave(repeats, 0) for x in (hidden, mask, pos))
+        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.repeat_interleave(repeats, 0)
     active = torch.arange(B)  # rows of the original batch still in the cache
     next_pos = pos[:, -1] + 1
     for t in range(T):

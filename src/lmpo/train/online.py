@@ -27,7 +27,7 @@ from lmpo.core.types import AdvantageInputs, PolicyLossInputs
 from lmpo.data.examples import Example
 from lmpo.data.prompts import render_prompt
 from lmpo.data.sources import TrainData, load_data
-from lmpo.models.logprobs import sequence_logprobs
+from lmpo.models.logprobs import sequence_logprobs, shared_prefix_logprobs, supports_shared_prefix
 from lmpo.models.policy import Reference, apply_lora, count_trainable, load_base, save_final
 from lmpo.rewards.rewardset import RewardSet
 from lmpo.rollout.sampler import Rollout, SamplingConfig, generate
@@ -84,7 +84,7 @@ def rl_step(step: int, ctx: Context) -> dict[str, float]:
 def sample_group(ctx: Context, examples: list[Example]) -> RolloutBatch:
     G = ctx.cfg.batch.completions_per_prompt
     prompts = [render_prompt(ctx.tokenizer, e, ctx.cfg.task.system_prompt) for e in examples]
-    rollout = generate(ctx.model, ctx.tokenizer, [p for p in prompts for _ in range(G)], ctx.sampling, generator=ctx.generator)
+    rollout = generate(ctx.model, ctx.tokenizer, prompts, ctx.sampling, generator=ctx.generator, repeats=G)
     group_ids = torch.arange(len(examples)).repeat_interleave(G)
     return RolloutBatch([e for e in examples for _ in range(G)], rollout, group_ids)
 
@@ -113,29 +113,43 @@ def _trim(ids: Tensor, attn: Tensor, P: int) -> tuple[Tensor, Tensor, int]:
     return ids[:, first:last], attn[:, first:last], P - first
 
 
+def micro_logprobs(ctx: Context, model, batch: RolloutBatch, idx: Tensor, with_entropy: bool = False):
+    """Log-probs [n, T] (T = longest answer among rows idx) of those rows' answers.
+
+    With `shared_prefix`, each group's prompt is encoded once for all its answers in this
+    micro-batch (equal to the plain forward; tests/unit/test_logprobs.py).
+    """
+    r, kw = batch.rollout, {"temperature": ctx.cfg.sampling.temperature, "chunk_size": ctx.cfg.logprob_chunk,
+                            "with_entropy": with_entropy}
+    T = int(r.response_mask[idx].sum(-1).max())
+    if ctx.shared_prefix:
+        logp, ent = shared_prefix_logprobs(model, r.prompt_ids[idx], r.prompt_mask[idx], r.response_ids[idx, :T],
+                                           r.response_mask[idx, :T], batch.group_ids[idx], **kw)
+    else:
+        ids, attn = r.input_ids()
+        i, a, p = _trim(ids[idx], attn[idx], r.prompt_ids.shape[1])
+        logp, ent = sequence_logprobs(model, i, a, p, **kw)
+    return logp, ent, T
+
+
 def response_logprobs(ctx: Context, batch: RolloutBatch, *, reference: bool = False) -> Tensor:
     """Detached log-probs of the responses, micro-batched (reference or current policy)."""
-    ids, attn = batch.rollout.input_ids()
-    P, T = batch.rollout.prompt_ids.shape[1], batch.rollout.response_ids.shape[1]
-    out = torch.zeros(ids.shape[0], T)
+    B, T = batch.rollout.response_ids.shape
+    out = torch.zeros(B, T)
     source = ctx.reference.use() if reference else contextlib.nullcontext(ctx.model)
     with torch.no_grad(), source as model:
-        for idx in torch.arange(ids.shape[0]).split(ctx.cfg.batch.micro_batch_size):
-            i, a, p = _trim(ids[idx], attn[idx], P)
-            lp, _ = sequence_logprobs(model, i, a, p, temperature=ctx.cfg.sampling.temperature,
-                                      chunk_size=ctx.cfg.logprob_chunk)
-            out[idx, : lp.shape[1]] = lp
+        for idx in torch.arange(B).split(ctx.cfg.batch.micro_batch_size):
+            lp, _, t = micro_logprobs(ctx, model, batch, idx)
+            out[idx, :t] = lp
     return out
 
 
 def update(ctx: Context, batch: RolloutBatch) -> dict[str, float]:
     """Inner epochs x minibatches of optimizer steps, each accumulated over micro-batches."""
     cfg = ctx.cfg
-    ids, attn = batch.rollout.input_ids()
-    P = batch.rollout.prompt_ids.shape[1]
     mask = batch.rollout.response_mask.float()
     old_logp = batch.rollout.logprobs  # the behaviour policy's own log-probs, from sampling
-    B = ids.shape[0]
+    B, G = mask.shape[0], cfg.batch.completions_per_prompt
     mb = cfg.batch.minibatch_size or B
     loss_fn = POLICY_LOSSES.get(cfg.algorithm.policy_loss.name)
     params = cfg.algorithm.policy_loss.params
@@ -149,15 +163,14 @@ def update(ctx: Context, batch: RolloutBatch) -> dict[str, float]:
     sums: dict[str, float] = defaultdict(float)
     grad_norms = []
     for epoch in range(cfg.batch.inner_epochs):
-        order = torch.randperm(B, generator=ctx.generator) if B > mb else torch.arange(B)
+        # shuffle whole groups (keeps a group's answers together, so its prompt is encoded once)
+        order = (torch.randperm(B // G, generator=ctx.generator)[:, None] * G + torch.arange(G)).flatten() \
+            if B > mb else torch.arange(B)
         for idx_mb in order.split(mb):
             n_tok, n_seq = float(mask[idx_mb].sum()), float(len(idx_mb))
             ctx.optimizer.zero_grad(set_to_none=True)
             for idx in idx_mb.split(cfg.batch.micro_batch_size):
-                i, a, p = _trim(ids[idx], attn[idx], P)
-                T = i.shape[1] - p
-                logp, ent = sequence_logprobs(ctx.model, i, a, p, temperature=cfg.sampling.temperature,
-                                              chunk_size=cfg.logprob_chunk, with_entropy=epoch == 0)
+                logp, ent, T = micro_logprobs(ctx, ctx.model, batch, idx, with_entropy=epoch == 0)
                 m = mask[idx, :T]
                 inp = PolicyLossInputs(logp, old_logp[idx, :T], batch.advantages[idx, :T], m, num_tokens=n_tok, num_seqs=n_seq)
                 loss, lm = loss_fn(inp, **params)
@@ -235,6 +248,7 @@ class Context:
     generator: torch.Generator
     kl_ctl: object
     sampling: SamplingConfig
+    shared_prefix: bool = False
 
 
 class RunDirError(RuntimeError):
@@ -263,7 +277,8 @@ def build_context(cfg: RunConfig) -> Context:
     s = cfg.sampling
     sampling = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, stop=tuple(s.stop))
     return Context(cfg, model, tok, reference, data, rewards, optimizer, scheduler,
-                   torch.Generator().manual_seed(cfg.seed), kl_ctl, sampling)
+                   torch.Generator().manual_seed(cfg.seed), kl_ctl, sampling,
+                   shared_prefix=cfg.shared_prefix and supports_shared_prefix(model))
 
 
 def run_eval(ctx: Context, step: int, log: MetricsLog, bar: StepProgress) -> dict[str, float]:
