@@ -126,6 +126,166 @@ def _cmd_tasks(args) -> int:
     return 0
 
 
+def _cmd_pairs(args) -> int:
+    from lmpo.config import RewardSpec
+    from lmpo.data.files import load_examples
+    from lmpo.data.pairs import build_rows, sample_and_score, write_jsonl
+    from lmpo.data.tasks import load_task
+    from lmpo.rewards.rewardset import RewardSet
+    from lmpo.rollout.sampler import SamplingConfig
+    from lmpo.train.logging import StepProgress
+
+    if args.file:
+        if args.split:
+            raise ValueError("--split applies to built-in tasks; a --file is used as it is")
+        examples, name = load_examples(args.file)[: args.n], str(args.file)
+    else:
+        params = dict(_kv(p) for p in args.param)
+        examples, name = (
+            load_task(args.task, args.split or "train", args.n, seed=args.seed, **params),
+            args.task,
+        )
+    rewards = RewardSet(
+        [RewardSpec.model_validate(_reward_item(r)) for r in args.reward or ["correctness"]]
+    )
+    if not 0.0 <= args.flip <= 1.0:
+        raise ValueError(f"--flip must be in [0, 1], got {args.flip}")
+    if args.k < 2 or args.pairs_per_prompt < 1:
+        raise ValueError(
+            f"need --k >= 2 and --pairs-per-prompt >= 1, got {args.k} and {args.pairs_per_prompt}"
+        )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.tiny_model:
+        from lmpo.models.loading import tiny_model
+
+        model, tok = tiny_model(seed=args.seed)
+    else:
+        from lmpo.models.loading import load_model
+
+        model, tok = load_model(args.model)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    calls = -(-len(examples) // max(1, args.batch_size // args.k))
+    with StepProgress(calls, enabled=not args.no_progress, description="pairs") as bar:
+        samples = sample_and_score(
+            model,
+            tok,
+            examples,
+            rewards,
+            sampling,
+            k=args.k,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            system_prompt=args.system_prompt,
+            threshold=args.threshold,
+            progress=lambda done: bar.advance(f"{done}/{len(examples)} prompts"),
+        )
+    res = build_rows(
+        examples,
+        samples,
+        pairs_per_prompt=args.pairs_per_prompt,
+        flip_fraction=args.flip,
+        seed=args.seed,
+        system_prompt=args.system_prompt,
+    )
+    if args.pairs_out:
+        write_jsonl(args.pairs_out, res.pairs)
+    if args.binary_out:
+        write_jsonl(args.binary_out, res.binary)
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"lmpo pairs: {name}")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    for key, v in res.stats.items():
+        t.add_row(key.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else str(v))
+    t.add_row("pairs written to", args.pairs_out or "(skipped)")
+    t.add_row("binary rows written to", args.binary_out or "(skipped)")
+    Console().print(t)
+    print(json.dumps({"task": name, **res.stats}))
+    return 0
+
+
+def _reward_item(item: str) -> dict:
+    """--reward NAME[=WEIGHT], or a YAML mapping like "{name: reward_model, params: {paths: [rm]}}"."""
+    import yaml
+
+    if item.lstrip().startswith("{"):
+        data = yaml.safe_load(item)
+        if not isinstance(data, dict):
+            raise ValueError(f"--reward {item!r}: expected a mapping with name, weight, params")
+        return data
+    name, sep, weight = item.partition("=")
+    return {"name": name, "weight": float(weight)} if sep else {"name": name}
+
+
+def _add_pairs_parser(sub) -> None:
+    a = sub.add_parser(
+        "pairs", help="sample k answers per prompt, score them, write preference pairs (JSONL)"
+    )
+    a.add_argument(
+        "--model",
+        default="embedded",
+        help="'embedded', a HF directory (e.g. runs/x/final) or a .gguf",
+    )
+    a.add_argument(
+        "--tiny-model", action="store_true", help="tests: a tiny random model instead of --model"
+    )
+    a.add_argument("--task", default="arithmetic", help="built-in task (see `lmpo tasks`)")
+    a.add_argument(
+        "--param", action="append", default=[], help="task parameter key=value, e.g. difficulty=2"
+    )
+    a.add_argument(
+        "--split", choices=["train", "test"], help="built-in task split (default: train)"
+    )
+    a.add_argument("--file", help="JSONL/Parquet with prompt and answer instead of a task")
+    a.add_argument("--n", type=int, default=200, help="prompts")
+    a.add_argument("--k", type=int, default=8, help="answers sampled per prompt")
+    a.add_argument("--temperature", type=float, default=1.0)
+    a.add_argument("--max-new-tokens", type=int, default=64)
+    a.add_argument("--batch-size", type=int, default=64, help="completions per generate call")
+    a.add_argument("--system-prompt")
+    a.add_argument(
+        "--reward",
+        action="append",
+        help="NAME[=WEIGHT] or a YAML mapping; repeatable (default: correctness)",
+    )
+    a.add_argument(
+        "--threshold",
+        type=float,
+        help="good = total reward >= this (default: the task's answer check)",
+    )
+    a.add_argument(
+        "--pairs-per-prompt",
+        type=int,
+        default=1,
+        help="up to m pairs per mixed prompt, best vs worst",
+    )
+    a.add_argument(
+        "--flip",
+        type=float,
+        default=0.0,
+        help="fraction of pairs (and of binary rows) with flipped labels",
+    )
+    a.add_argument("--seed", type=int, default=0, help="task draw, sampling and flips")
+    a.add_argument(
+        "--pairs-out",
+        default="pairs.jsonl",
+        help="paired rows {prompt, chosen, rejected}; '' to skip",
+    )
+    a.add_argument(
+        "--binary-out",
+        default="binary.jsonl",
+        help="unpaired rows {prompt, completion, label}; '' to skip",
+    )
+    a.add_argument("--threads", type=int)
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a.set_defaults(fn=_cmd_pairs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmpo", description="Post-train causal language models with policy optimization.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -160,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("tasks", help="list the built-in verifiable tasks")
     k.set_defaults(fn=_cmd_tasks)
+    _add_pairs_parser(sub)
     return p
 
 
