@@ -1,0 +1,264 @@
+"""Train a scalar reward model on preference pairs (Bradley-Terry by default).
+
+``train_reward_model(cfg)`` is the whole run: read the pair files (errors name file and
+line, before any model loads), put a linear head on the base model's decoder
+(``models/reward_model.py``), then take optimizer steps of ``batch_size`` pairs with the
+registered reward-model loss (``REWARD_MODEL_LOSSES``, e.g. ``bradley_terry``), evaluating
+held-out pair accuracy (fraction with r_chosen > r_rejected) before, every ``eval_every``
+steps, and after. The run directory gets metrics.jsonl, plots, resumable checkpoints and
+``final/``, a reward-model directory loadable with ``RewardModel.load`` and usable as the
+``reward_model`` reward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lmpo.config import Method, OptimConfig, dump_config
+from lmpo.core import REWARD_MODEL_LOSSES
+from lmpo.core.types import RewardModelInputs
+from lmpo.data.pairs import PreferencePair, load_pairs, split_by_prompt
+from lmpo.models.policy import count_trainable, load_base
+from lmpo.models.reward_model import RewardModel
+from lmpo.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from lmpo.train.logging import MetricsLog, StepProgress, plot_metrics
+from lmpo.train.optim import build_optimizer
+
+
+class RewardModelConfig(BaseModel):
+    """A reward-model run: pair files, base model, loss, optimisation, evaluation."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    kind: Literal["reward_model"] = "reward_model"
+    model: str = Field(
+        "embedded", description="base model: 'embedded', a HF directory, or a .gguf file"
+    )
+    tiny_model: bool = Field(
+        False, description="tests: a tiny random model with the byte tokenizer"
+    )
+    train_file: str = Field(
+        description="JSONL/Parquet pairs {prompt, chosen, rejected[, margin]} (lmpo pairs)"
+    )
+    eval_file: str | None = Field(
+        None, description="held-out pairs; default: eval_fraction of the prompts"
+    )
+    eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="prompts held out when eval_file is unset"
+    )
+    loss: Method = Field(default_factory=lambda: Method(name="bradley_terry"))
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(8, gt=0, description="pairs per optimizer step")
+    micro_batch_size: int = Field(8, gt=0, description="pairs per forward/backward (memory only)")
+    max_length: int = Field(
+        512, ge=2, description="tokens per prompt+answer; longer inputs keep their end"
+    )
+    eval_every: int = Field(
+        0, ge=0, description="held-out eval every N steps (0: only before and after)"
+    )
+    eval_batch_size: int = Field(16, gt=0, description="sequences per forward when scoring")
+    seed: int = Field(0, description="head init, data order, held-out split")
+    threads: int | None = Field(None, gt=0)
+    output_dir: str = "runs/reward_model"
+    checkpoint_every: int = Field(
+        0, ge=0, description="steps between resumable checkpoints (0: none)"
+    )
+    keep_checkpoints: int = Field(2, gt=0)
+
+    @field_validator("loss")
+    @classmethod
+    def _registered(cls, m: Method) -> Method:
+        try:
+            REWARD_MODEL_LOSSES.get(m.name)
+            REWARD_MODEL_LOSSES.check_params(m.name, m.params)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"loss: {e.args[0]}") from None
+        return m
+
+
+def load_splits(cfg: RewardModelConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    pairs = load_pairs(cfg.train_file)
+    if cfg.eval_file:
+        return pairs, load_pairs(cfg.eval_file)
+    train, held = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
+    return train, held
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """The pairs of step ``step`` (1-based): consecutive slices of a seeded permutation per epoch,
+    so a resumed run sees exactly the batches of an uninterrupted one."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, j = divmod(step - 1, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return perm[j * batch_size : (j + 1) * batch_size].tolist()
+
+
+def pair_loss(rm: RewardModel, pairs: list[PreferencePair], cfg: RewardModelConfig):
+    """(loss, metrics) of the configured loss on one micro-batch; one forward for both sides."""
+    r = rm.rewards(
+        [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    )
+    margins = [p.margin for p in pairs]
+    margin = None if all(m is None for m in margins) else torch.tensor([m or 0.0 for m in margins])
+    inp = RewardModelInputs(r[: len(pairs)], r[len(pairs) :], margin)
+    return REWARD_MODEL_LOSSES.get(cfg.loss.name)(inp, **cfg.loss.params)
+
+
+def train_step(
+    rm: RewardModel, pairs: list[PreferencePair], cfg: RewardModelConfig, optimizer
+) -> dict[str, float]:
+    """One optimizer step over ``pairs``, accumulated over micro-batches (losses are pair means)."""
+    rm.train()
+    optimizer.zero_grad(set_to_none=True)
+    out: dict[str, float] = {}
+    for s in range(0, len(pairs), cfg.micro_batch_size):
+        micro = pairs[s : s + cfg.micro_batch_size]
+        w = len(micro) / len(pairs)
+        loss, metrics = pair_loss(rm, micro, cfg)
+        (loss * w).backward()
+        for k, v in {"loss": float(loss.detach()), **metrics}.items():
+            out[k] = out.get(k, 0.0) + w * v
+    params = [p for p in rm.parameters() if p.requires_grad]
+    out["grad_norm"] = float(
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+    )
+    optimizer.step()
+    return out
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    rm: RewardModel, pairs: list[PreferencePair], cfg: RewardModelConfig
+) -> tuple[dict, torch.Tensor]:
+    """Held-out metrics (pair accuracy: r_chosen > r_rejected, ties count as wrong) and the
+    raw rewards [2N] (chosen then rejected)."""
+    if not pairs:
+        return {}, torch.zeros(0)
+    prompts = [p.prompt for p in pairs]
+    rw = rm.score(prompts, [p.chosen for p in pairs], batch_size=cfg.eval_batch_size)
+    rl = rm.score(prompts, [p.rejected for p in pairs], batch_size=cfg.eval_batch_size)
+    margins = [p.margin for p in pairs]
+    margin = None if all(m is None for m in margins) else torch.tensor([m or 0.0 for m in margins])
+    loss, m = REWARD_MODEL_LOSSES.get(cfg.loss.name)(
+        RewardModelInputs(rw, rl, margin), **cfg.loss.params
+    )
+    metrics = {
+        "eval/loss": float(loss),
+        "eval/accuracy": float((rw > rl).float().mean()),
+        "eval/margin": float((rw - rl).mean()),
+        "eval/pairs": len(pairs),
+    }
+    return metrics, torch.cat([rw, rl])
+
+
+def train_reward_model(
+    cfg: RewardModelConfig, *, resume: bool = False, show_progress: bool = True
+) -> dict[str, Any]:
+    """Run (or resume) reward-model training; returns a summary (also written to summary.json)."""
+    run_dir = Path(cfg.output_dir)
+    if not resume and list_checkpoints(run_dir):
+        raise RuntimeError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another output_dir"
+        )
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    t0 = time.time()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train, held = load_splits(cfg)  # data errors surface before the model loads
+    if not train:
+        raise ValueError(f"{cfg.train_file}: no training pairs left after holding out {len(held)}")
+    base, tok = load_base(cfg.model, tiny=cfg.tiny_model, seed=cfg.seed)
+    rm = RewardModel.from_causal_lm(
+        base, tok, max_length=cfg.max_length, seed=cfg.seed, base_model=cfg.model
+    )
+    del base
+    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    optimizer, scheduler = build_optimizer(rm, cfg.optim, steps)
+    # unused by the maths here, but save_checkpoint/load_checkpoint keep a generator state
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start, first = 0, None
+    if ckpt is not None:
+        state = load_checkpoint(
+            ckpt, model=rm, optimizer=optimizer, scheduler=scheduler, generator=generator
+        )
+        start, first = state["step"], state.get("first_eval")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    log = MetricsLog(run_dir, resume_step=start if ckpt is not None else None)
+    n_train, n_total = count_trainable(rm)
+    with StepProgress(steps, start=start, enabled=show_progress, description="reward model") as bar:
+        bar.print(
+            f"lmpo: reward model, {len(train)} train / {len(held)} held-out pairs, "
+            f"{n_train / 1e6:.2f}M of {n_total / 1e6:.1f}M parameters train; run dir {run_dir}"
+        )
+        if start == 0:
+            first, _ = evaluate_pairs(rm, held, cfg)
+            log.log(0, first)
+        for step in range(start + 1, steps + 1):
+            batch = [train[i] for i in batch_indices(step, len(train), cfg.batch_size, cfg.seed)]
+            m = train_step(rm, batch, cfg, optimizer)
+            scheduler.step()
+            log.log(step, {**m, "lr": scheduler.get_last_lr()[0]})
+            bar.advance(f"loss {m['loss']:.3f} acc {m.get('accuracy', float('nan')):.3f}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
+                log.log(step, evaluate_pairs(rm, held, cfg)[0])
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == steps):
+                save_checkpoint(
+                    run_dir,
+                    step,
+                    model=rm,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    generator=generator,
+                    keep=cfg.keep_checkpoints,
+                    state={"first_eval": first},
+                )
+        final, scores = evaluate_pairs(rm, held or train[:256], cfg)
+        if held:
+            log.log(steps, final)
+            bar.print(
+                f"held-out pair accuracy {final['eval/accuracy']:.3f} (before {first['eval/accuracy']:.3f})"
+            )
+    log.close()
+    rm.meta.update(
+        reward_mean=float(scores.mean()),
+        reward_std=float(scores.std()) if len(scores) > 1 else 1.0,
+        stats_on="held-out pairs" if held else "training pairs",
+    )
+    rm.save(run_dir / "final")
+    plots = plot_metrics(
+        run_dir / "metrics.jsonl",
+        run_dir,
+        {
+            "reward model loss": ["loss", "eval/loss"],
+            "pair accuracy": ["accuracy", "eval/accuracy"],
+        },
+    )
+    summary = {
+        "steps": steps,
+        "train_pairs": len(train),
+        "eval_pairs": len(held),
+        "accuracy_before": (first or {}).get("eval/accuracy"),
+        "accuracy_after": final.get("eval/accuracy") if held else None,
+        "wall_time_s": time.time() - t0,
+        "final_model": str(run_dir / "final"),
+        "plots": [str(p) for p in plots],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
