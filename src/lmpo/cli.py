@@ -30,9 +30,11 @@ def _cmd_train(args) -> int:
 
         print(dump_config(cfg))
         return 0
-    from lmpo.train.online import train_online
-
-    summary = train_online(cfg, resume=args.resume, show_progress=not args.no_progress)
+    if cfg.kind == "preference":
+        from lmpo.train.offline import train_preference as train
+    else:
+        from lmpo.train.online import train_online as train
+    summary = train(cfg, resume=args.resume, show_progress=not args.no_progress)
     _print_summary(summary)
     return 0
 
@@ -44,8 +46,10 @@ def _print_summary(summary: dict) -> None:
     t = Table(title="lmpo train")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k in ("accuracy_before", "accuracy_after", "steps", "wall_time_s", "final_model"):
-        v = summary.get(k)
+    keys = ("pair_accuracy_before", "pair_accuracy_after", "accuracy_before", "accuracy_after", "steps",
+            "wall_time_s", "final_model")
+    for k in (k for k in keys if k in summary):
+        v = summary[k]
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     Console().print(t)
 

@@ -423,7 +423,7 @@ class PreferenceEvalConfig(Strict):
     every: int = Field(0, ge=0, description="held-out eval every N steps (0: only before and after)")
     at_start: bool = True
     size: int | None = Field(None, gt=0, description="held-out rows per eval (default: all)")
-    batch_size: int = Field(8, gt=0, description="held-out rows per forward; prompts per generate call")
+    batch_size: int = Field(8, gt=0, description="rows per no-grad forward (held-out eval, reference pass); prompts per generate call")
     task: TaskConfig | None = Field(None, description="also greedy accuracy on this task's test split (or file)")
     max_new_tokens: int = Field(64, gt=0, description="answer length for the task accuracy")
 
