@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("tasks", help="list the built-in verifiable tasks")
     k.set_defaults(fn=_cmd_tasks)
     _add_pairs_parser(sub)
+    from lmpo.bench.cli import add_parser as _add_bench_parser  # lmpo vs TRL (issue #5)
+
+    _add_bench_parser(sub)
     return p
 
 
