@@ -107,10 +107,12 @@ class Worker:
     def close(self) -> dict | None:
         """Let the worker finish; its last message (``done`` with the final peak RSS), if any."""
         last = None
+        try:  # a worker waiting for a step leaves on "exit"; a finished one has stopped reading
+            self.proc.stdin.write("exit\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
         try:
-            if self.proc.poll() is None:
-                self.proc.stdin.write("exit\n")
-                self.proc.stdin.flush()
             for line in self.proc.stdout:
                 last = json.loads(line)
             self.proc.wait(timeout=120)
