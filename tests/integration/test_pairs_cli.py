@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lmpo import cli
-from lmpo.data.pairs import load_pairs
+from lmpo.data.preference import load_preferences
 
 pytestmark = pytest.mark.integration
 
@@ -75,9 +75,10 @@ def test_pairs_and_binary_rows_are_valid_and_deterministic(tmp_path, capsys):
         assert set(row) >= {"prompt", "completion", "label", "flipped"} and row["label"] == is_even(
             row["completion"]
         )
-    assert len(load_pairs(tmp_path / "a" / "pairs.jsonl")) == len(
-        pairs
-    )  # the RM trainer reads it back
+    # the preference and reward-model trainers read both files back
+    assert load_preferences(tmp_path / "a" / "pairs.jsonl")[1][0].extra["flipped"] is False
+    assert len(load_preferences(tmp_path / "a" / "pairs.jsonl")[1]) == len(pairs)
+    assert len(load_preferences(tmp_path / "a" / "binary.jsonl")[1]) == len(binary)
     assert run(tmp_path, "b") == (pairs, binary)  # same seed, same files
 
 

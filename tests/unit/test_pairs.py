@@ -1,4 +1,4 @@
-"""Pair builder policy, label flips, atomic JSONL and the pair-file reader (no model)."""
+"""Pair builder policy, label flips, atomic JSONL, and reading its files back (no model)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from lmpo.data.pairs import (
     Sample,
     build_rows,
     flip_mask,
-    load_pairs,
     select_pairs,
-    split_by_prompt,
     write_jsonl,
 )
+from lmpo.data.preference import PAIRED, UNPAIRED, Pair, load_preferences, split_held_out
 
 
 def group(verdicts, rewards=None, texts=None):
@@ -92,17 +91,28 @@ def test_write_jsonl_round_trip_leaves_no_temporary(tmp_path):
         tmp_path / "d" / "pairs.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}]
     )
     assert [p.name for p in out.parent.iterdir()] == ["pairs.jsonl"]
-    (pair,) = load_pairs(out)
-    assert (pair.prompt, pair.chosen, pair.rejected, pair.margin) == ("p", "a", "b", None)
+    fmt, (pair,) = load_preferences(out)
+    assert fmt == PAIRED and pair.prompt == [{"role": "user", "content": "p"}]
+    assert pair.chosen == [{"role": "assistant", "content": "a"}] and pair.margin is None
 
 
-def test_load_pairs_reads_conversational_rows(tmp_path):
+def test_the_builders_rows_read_back_with_their_extra_columns(tmp_path):
     exs = [Example(id="e", prompt=[{"role": "user", "content": "q?"}], answer="1")]
-    rows = build_rows(exs, [group([1, 0])]).pairs
-    f = write_jsonl(tmp_path / "p.jsonl", [{**rows[0], "margin": 0.5}])
-    (pair,) = load_pairs(f)
+    res = build_rows(exs, [group([1, 0])])
+    f = write_jsonl(tmp_path / "p.jsonl", [{**res.pairs[0], "margin": 0.5}])
+    fmt, (pair,) = load_preferences(f)
+    assert fmt == PAIRED and pair.id == "e" and pair.margin == 0.5
     assert pair.prompt == [{"role": "user", "content": "q?"}]
-    assert (pair.chosen, pair.rejected, pair.margin) == ("answer 0", "answer 1", 0.5)
+    assert (pair.chosen[0]["content"], pair.rejected[0]["content"]) == ("answer 0", "answer 1")
+    assert pair.extra == {
+        "answer": "1",
+        "chosen_reward": 1.0,
+        "rejected_reward": 0.0,
+        "flipped": False,
+    }
+    fmt, rows = load_preferences(write_jsonl(tmp_path / "b.jsonl", res.binary))
+    assert fmt == UNPAIRED and [r.desirable for r in rows] == [True, False]
+    assert rows[0].id == "e" and rows[0].extra == {"answer": "1", "reward": 1.0, "flipped": False}
 
 
 @pytest.mark.parametrize(
@@ -115,7 +125,9 @@ def test_load_pairs_reads_conversational_rows(tmp_path):
             "'chosen'",
         ),
         ('{"prompt": "", "chosen": "a", "rejected": "b"}', "empty string"),
-        ('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"}', "margin"),
+        ('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"}', "'margin' must be a number"),
+        ('{"prompt": "q", "chosen": "a", "rejected": "b", "chosen_reward": true}', "'chosen_reward'"),
+        ('{"prompt": "q", "chosen": "a", "rejected": "b", "flipped": "no"}', "'flipped' must be true or false"),
         ('{"prompt": "q", "chosen": "a", ', "malformed JSON"),
     ],
 )
@@ -123,15 +135,16 @@ def test_bad_pair_rows_name_file_and_line(tmp_path, line, needle):
     f = tmp_path / "pairs.jsonl"
     f.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n\n" + line + "\n")
     with pytest.raises(DataError) as e:
-        load_pairs(f)
+        load_preferences(f)
     assert f"{f} line 3" in str(e.value) and needle in str(e.value)
 
 
-def test_split_by_prompt_keeps_prompts_on_one_side():
-    from lmpo.data.pairs import PreferencePair
-
-    pairs = [PreferencePair(f"q{i % 5}", "a", f"b{i}") for i in range(20)]
-    train, held = split_by_prompt(pairs, 0.2, seed=0)
+def test_held_out_split_takes_whole_prompts_up_to_max_fraction():
+    a = [{"role": "assistant", "content": "a"}]
+    pairs = [Pair(str(i), [{"role": "user", "content": f"q{i % 5}"}], a, a) for i in range(20)]
+    train, held = split_held_out(pairs, 4, seed=0)
     assert len(held) == 4 and len(train) == 16
-    assert not {p.prompt for p in train} & {p.prompt for p in held}
-    assert split_by_prompt(pairs, 0.0, seed=0) == (pairs, [])
+    assert not {json.dumps(p.prompt) for p in train} & {json.dumps(p.prompt) for p in held}
+    assert len(split_held_out(pairs, 10, seed=0)[1]) == 4  # at most a fifth by default
+    assert len(split_held_out(pairs, 10, seed=0, max_fraction=0.5)[1]) == 12  # whole prompts
+    assert split_held_out(pairs, 0, seed=0) == (pairs, [])

@@ -28,8 +28,8 @@ round(fraction x pairs) pairs, picked with a seeded RNG, and inverts ``label`` i
 fraction of unpaired rows (picked independently); ``flipped`` records which. The reward
 columns stay aligned with the texts they describe.
 
-``load_pairs`` reads paired files back (either TRL format: string or message-list prompts
-and answers) with errors that name the file and line.
+The files are read back by ``data.preference.load_preferences`` (one reader for every
+preference file; it keeps the extra columns above).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from typing import Any
 import torch
 
 from lmpo.data.examples import Example
-from lmpo.data.files import DataError, _check_prompt, read_rows
 from lmpo.data.prompts import prompt_messages, render_prompt
 from lmpo.rewards.rewardset import RewardSet
 from lmpo.rollout.sampler import SamplingConfig, generate
@@ -239,74 +238,3 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    """A prompt (string or messages), the chosen and rejected answer texts, an optional margin."""
-
-    prompt: str | list[dict]
-    chosen: str
-    rejected: str
-    margin: float | None = None
-    where: str = ""
-
-    def prompt_key(self) -> str:
-        return json.dumps(self.prompt, sort_keys=True)
-
-
-def _answer_text(where: str, value: Any, key: str) -> str:
-    """A TRL answer: a string, or a list of messages whose last one is the assistant's."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
-        last = value[-1]
-        if last.get("role") == "assistant" and isinstance(last.get("content"), str):
-            return last["content"]
-    raise DataError(
-        f"{where}: {key!r} must be a string or a list of messages ending with "
-        f"{{'role': 'assistant', 'content': str}}, got {json.dumps(value)[:80]}"
-    )
-
-
-def load_pairs(path: str | Path) -> list[PreferencePair]:
-    """Paired rows {prompt, chosen, rejected[, margin]} from JSONL/Parquet; DataError names file and line."""
-    path = Path(path)
-    out = []
-    for lineno, row in read_rows(path):
-        where = f"{path} line {lineno}"
-        for key in ("prompt", "chosen", "rejected"):
-            if key not in row:
-                raise DataError(
-                    f"{where}: missing key {key!r} (keys: {', '.join(map(repr, row)) or 'none'})"
-                )
-        margin = row.get("margin")
-        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)):
-            raise DataError(f"{where}: 'margin' must be a number, got {margin!r}")
-        out.append(
-            PreferencePair(
-                prompt=_check_prompt(where, row["prompt"], "prompt"),
-                chosen=_answer_text(where, row["chosen"], "chosen"),
-                rejected=_answer_text(where, row["rejected"], "rejected"),
-                margin=None if margin is None else float(margin),
-                where=where,
-            )
-        )
-    return out
-
-
-def split_by_prompt(pairs: list[PreferencePair], fraction: float, seed: int) -> tuple[list, list]:
-    """(train, held-out): a seeded ``fraction`` of the distinct prompts and all their pairs.
-
-    Splitting by prompt keeps pairs that share a prompt on one side, so held-out accuracy
-    is measured on prompts the model never saw.
-    """
-    keys = sorted({p.prompt_key() for p in pairs})
-    random.Random(seed).shuffle(keys)
-    n_eval = round(fraction * len(keys))
-    if fraction > 0 and len(keys) >= 2:
-        n_eval = min(max(1, n_eval), len(keys) - 1)
-    held = set(keys[:n_eval])
-    return [p for p in pairs if p.prompt_key() not in held], [
-        p for p in pairs if p.prompt_key() in held
-    ]

@@ -10,8 +10,11 @@ Row formats (JSONL or Parquet, read by ``data.files.read_rows``; the TRL formats
   user turn), the answers are what follows it.
 * unpaired: ``{"prompt": P, "completion": C, "label": true|false}`` (label true = desirable).
 
-The format is read from the first row; every row must then have its keys. Extra columns
-(``id``, scores, ...) are ignored. Any bad row raises ``DataError`` naming the file, the line
+The format is read from the first row; every row must then have its keys. Other columns are
+kept: ``id`` names the row, a paired row's ``margin`` (a number; reward-model losses use it)
+is typed, and the rest, such as the pair builder's (``data.pairs``) ``answer``,
+``chosen_reward``/``rejected_reward``/``reward`` (numbers) and ``flipped`` (true/false), go to
+``extra``; those four are checked. Any bad row raises ``DataError`` naming the file, the line
 (Parquet: row index + 1) and the key. A paired file can feed an unpaired loss (KTO, BCO):
 each pair becomes a desirable and an undesirable example (``unpair``).
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +52,15 @@ FORMAT_HELP = (
 
 @dataclass(frozen=True)
 class Pair:
-    """A prompt (chat messages) with a preferred and a dispreferred answer (assistant messages)."""
+    """A prompt (chat messages) with a preferred and a dispreferred answer (assistant messages);
+    ``margin``: how much better chosen is (optional); ``extra``: the row's other columns."""
 
     id: str
     prompt: list[dict]
     chosen: list[dict]
     rejected: list[dict]
+    margin: float | None = None
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,12 @@ class Feedback:
     completion: list[dict]
     desirable: bool
     pair: int = -1
+    extra: dict = field(default_factory=dict)
+
+
+def answer_text(answer: list[dict]) -> str:
+    """An answer's plain text (its messages' contents, one per line), e.g. for a reward model."""
+    return "\n".join(m["content"] for m in answer)
 
 
 # ------------------------------------------------------------------------------- reading
@@ -147,8 +160,25 @@ def _answer(where: str, value: Any, key: str) -> list[dict]:
     return out
 
 
+NUMBER_COLUMNS = ("margin", "chosen_reward", "rejected_reward", "reward")
+ROW_KEYS = ("id", "prompt", "chosen", "rejected", "completion", "label", "margin")
+
+
+def _extra(where: str, row: dict) -> dict:
+    """The row's other columns; the pair builder's numbers and ``flipped`` are type-checked."""
+    for key in NUMBER_COLUMNS:
+        v = row.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise DataError(f"{where}: {key!r} must be a number, got {v!r}")
+    if row.get("flipped") is not None and not isinstance(row["flipped"], bool):
+        raise DataError(f"{where}: 'flipped' must be true or false, got {row['flipped']!r}")
+    return {k: v for k, v in row.items() if k not in ROW_KEYS}
+
+
 def _parse_pair(where: str, row: dict, default_id: str) -> Pair:
     rid = str(row["id"]) if row.get("id") is not None else default_id
+    extra = _extra(where, row)
+    margin = None if row.get("margin") is None else float(row["margin"])
     if "prompt" in row:
         _require(where, row, ("chosen", "rejected"))
         prompt = to_messages(_check_prompt(where, row["prompt"], "prompt"))
@@ -157,6 +187,8 @@ def _parse_pair(where: str, row: dict, default_id: str) -> Pair:
             prompt,
             _answer(where, row["chosen"], "chosen"),
             _answer(where, row["rejected"], "rejected"),
+            margin,
+            extra,
         )
     _require(where, row, ("chosen", "rejected"))
     chosen, rejected = row["chosen"], row["rejected"]
@@ -181,7 +213,12 @@ def _parse_pair(where: str, row: dict, default_id: str) -> Pair:
         _check_prompt(where, chosen[:n], "prompt (the shared prefix of 'chosen' and 'rejected')")
     )
     return Pair(
-        rid, prompt, _answer(where, chosen[n:], "chosen"), _answer(where, rejected[n:], "rejected")
+        rid,
+        prompt,
+        _answer(where, chosen[n:], "chosen"),
+        _answer(where, rejected[n:], "rejected"),
+        margin,
+        extra,
     )
 
 
@@ -192,7 +229,8 @@ def _parse_feedback(where: str, row: dict, default_id: str) -> Feedback:
         raise DataError(f"{where}: 'label' must be true or false, got {label!r}")
     rid = str(row["id"]) if row.get("id") is not None else default_id
     prompt = to_messages(_check_prompt(where, row["prompt"], "prompt"))
-    return Feedback(rid, prompt, _answer(where, row["completion"], "completion"), label)
+    completion = _answer(where, row["completion"], "completion")
+    return Feedback(rid, prompt, completion, label, extra=_extra(where, row))
 
 
 def unpair(pairs: list[Pair]) -> list[Feedback]:
@@ -204,12 +242,14 @@ def unpair(pairs: list[Pair]) -> list[Feedback]:
     return out
 
 
-def split_held_out(rows: list, n: int, seed: int) -> tuple[list, list]:
+def split_held_out(
+    rows: list, n: int, seed: int, *, max_fraction: float = 0.2
+) -> tuple[list, list]:
     """(train, test): all rows of a seeded choice of distinct prompts, about n rows, for testing.
 
     Splitting by prompt keeps rows sharing a prompt on one side, so held-out accuracy is
-    measured on prompts the model never trained on. At most a fifth of the rows are held out
-    and at least one prompt stays for training.
+    measured on prompts the model never trained on. Whole prompts are taken until at least
+    min(n, floor(max_fraction x rows)) rows are held out; at least one prompt stays for training.
     """
     if n <= 0:
         return list(rows), []
@@ -219,7 +259,7 @@ def split_held_out(rows: list, n: int, seed: int) -> tuple[list, list]:
         counts[k] = counts.get(k, 0) + 1
     prompts = sorted(counts)
     random.Random(seed).shuffle(prompts)
-    target, held, count = min(n, len(rows) // 5), set(), 0
+    target, held, count = min(n, math.floor(len(rows) * max_fraction + 1e-9)), set(), 0
     for k in prompts[:-1]:
         if count >= target:
             break

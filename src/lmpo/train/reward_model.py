@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from lmpo.config import Method, OptimConfig, dump_config
 from lmpo.core import REWARD_MODEL_LOSSES
 from lmpo.core.types import RewardModelInputs
-from lmpo.data.pairs import PreferencePair, load_pairs, split_by_prompt
+from lmpo.data.files import DataError
+from lmpo.data.preference import PAIRED, Pair, answer_text, load_preferences, split_held_out
 from lmpo.models.policy import count_trainable, load_base
 from lmpo.models.reward_model import RewardModel
 from lmpo.train.checkpoint import (
@@ -57,7 +58,7 @@ class RewardModelConfig(BaseModel):
         None, description="held-out pairs; default: eval_fraction of the prompts"
     )
     eval_fraction: float = Field(
-        0.1, ge=0, lt=1, description="prompts held out when eval_file is unset"
+        0.1, ge=0, lt=1, description="about this fraction of the pairs (whole prompts) is held out when eval_file is unset"
     )
     loss: Method = Field(default_factory=lambda: Method(name="bradley_terry"))
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -90,12 +91,24 @@ class RewardModelConfig(BaseModel):
         return m
 
 
-def load_splits(cfg: RewardModelConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    pairs = load_pairs(cfg.train_file)
+def load_splits(cfg: RewardModelConfig) -> tuple[list[Pair], list[Pair]]:
+    """(train, held-out) pairs; a file of unpaired rows fails naming the file."""
+
+    def read(path: str) -> list[Pair]:
+        fmt, rows = load_preferences(path)
+        if fmt != PAIRED:
+            raise DataError(
+                f"{path}: a reward model trains on pairs (prompt/chosen/rejected); "
+                "this file has unpaired rows (prompt/completion/label)"
+            )
+        return rows
+
+    pairs = read(cfg.train_file)
     if cfg.eval_file:
-        return pairs, load_pairs(cfg.eval_file)
-    train, held = split_by_prompt(pairs, cfg.eval_fraction, cfg.seed)
-    return train, held
+        return pairs, read(cfg.eval_file)
+    f = cfg.eval_fraction
+    n = max(1, round(f * len(pairs))) if f > 0 else 0
+    return split_held_out(pairs, n, cfg.seed, max_fraction=f)
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
@@ -107,10 +120,11 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
     return perm[j * batch_size : (j + 1) * batch_size].tolist()
 
 
-def pair_loss(rm: RewardModel, pairs: list[PreferencePair], cfg: RewardModelConfig):
+def pair_loss(rm: RewardModel, pairs: list[Pair], cfg: RewardModelConfig):
     """(loss, metrics) of the configured loss on one micro-batch; one forward for both sides."""
     r = rm.rewards(
-        [p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        [p.prompt for p in pairs] * 2,
+        [answer_text(p.chosen) for p in pairs] + [answer_text(p.rejected) for p in pairs],
     )
     margins = [p.margin for p in pairs]
     margin = None if all(m is None for m in margins) else torch.tensor([m or 0.0 for m in margins])
@@ -119,7 +133,7 @@ def pair_loss(rm: RewardModel, pairs: list[PreferencePair], cfg: RewardModelConf
 
 
 def train_step(
-    rm: RewardModel, pairs: list[PreferencePair], cfg: RewardModelConfig, optimizer
+    rm: RewardModel, pairs: list[Pair], cfg: RewardModelConfig, optimizer
 ) -> dict[str, float]:
     """One optimizer step over ``pairs``, accumulated over micro-batches (losses are pair means)."""
     rm.train()
@@ -142,15 +156,15 @@ def train_step(
 
 @torch.no_grad()
 def evaluate_pairs(
-    rm: RewardModel, pairs: list[PreferencePair], cfg: RewardModelConfig
+    rm: RewardModel, pairs: list[Pair], cfg: RewardModelConfig
 ) -> tuple[dict, torch.Tensor]:
     """Held-out metrics (pair accuracy: r_chosen > r_rejected, ties count as wrong) and the
     raw rewards [2N] (chosen then rejected)."""
     if not pairs:
         return {}, torch.zeros(0)
     prompts = [p.prompt for p in pairs]
-    rw = rm.score(prompts, [p.chosen for p in pairs], batch_size=cfg.eval_batch_size)
-    rl = rm.score(prompts, [p.rejected for p in pairs], batch_size=cfg.eval_batch_size)
+    rw = rm.score(prompts, [answer_text(p.chosen) for p in pairs], batch_size=cfg.eval_batch_size)
+    rl = rm.score(prompts, [answer_text(p.rejected) for p in pairs], batch_size=cfg.eval_batch_size)
     margins = [p.margin for p in pairs]
     margin = None if all(m is None for m in margins) else torch.tensor([m or 0.0 for m in margins])
     loss, m = REWARD_MODEL_LOSSES.get(cfg.loss.name)(
