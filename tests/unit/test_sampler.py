@@ -73,3 +73,16 @@ def test_repeats_prefill_once_equals_repeated_prompts(tiny):
     assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
     torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)
     assert torch.equal(a.truncated, b.truncated)
+
+
+def test_categorical_matches_distribution_and_skips_zero_weights():
+    from lmpo.rollout.sampler import categorical
+
+    w = torch.tensor([[0.0, 1.0, 3.0, 0.0, 6.0]]).repeat(20000, 1)
+    draws = categorical(w, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).double() / len(draws)
+    assert freq[0] == 0 and freq[3] == 0  # zero-weight tokens are never drawn
+    # 20k draws: 4 standard errors of the largest cell is < 0.015
+    torch.testing.assert_close(freq, torch.tensor([0.0, 0.1, 0.3, 0.0, 0.6], dtype=torch.float64), atol=0.015, rtol=0)
+    one_hot = categorical(torch.eye(7), torch.Generator().manual_seed(1))
+    assert one_hot.tolist() == list(range(7))
