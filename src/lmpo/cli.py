@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 USAGE_TRAIN = "lmpo train [RECIPE] [key=value ...]   e.g. lmpo train default optim.lr=2e-5 steps=10"
+# the run function of each config kind (config.RUN_KINDS), imported only when used
+TRAINERS = {
+    "online": "lmpo.train.online:train_online",
+    "preference": "lmpo.train.offline:train_preference",
+    "reward_model": "lmpo.train.reward_model:train_reward_model",
+}
 
 
 def _cmd_train(args) -> int:
@@ -30,10 +36,10 @@ def _cmd_train(args) -> int:
 
         print(dump_config(cfg))
         return 0
-    if cfg.kind == "preference":
-        from lmpo.train.offline import train_preference as train
-    else:
-        from lmpo.train.online import train_online as train
+    import importlib
+
+    module, fn = TRAINERS[cfg.kind].split(":")
+    train = getattr(importlib.import_module(module), fn)
     summary = train(cfg, resume=args.resume, show_progress=not args.no_progress)
     _print_summary(summary)
     return 0

@@ -271,7 +271,7 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None) -
 
 
 def validate(data: dict, source: str = "config") -> AnyRunConfig:
-    """The run config of ``data["kind"]`` (default ``online``): RunConfig or PreferenceConfig."""
+    """The run config of ``data["kind"]`` (default ``online``): one of ``RUN_KINDS``."""
     kind = data.get("kind", "online")
     cls = RUN_KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
@@ -476,5 +476,62 @@ class PreferenceConfig(Strict):
         return max(1, int(-(-self.epochs * n_train // self.batch.pairs_per_step)))
 
 
-AnyRunConfig = RunConfig | PreferenceConfig
-RUN_KINDS: dict[str, type[Strict]] = {"online": RunConfig, "preference": PreferenceConfig}
+# ---------------------------------------------------------------------------- reward-model runs
+
+
+class RewardModelConfig(Strict):
+    """A reward-model run (``lmpo.train.reward_model``): pair files, base model, loss,
+    optimisation, evaluation."""
+
+    kind: Literal["reward_model"] = "reward_model"
+    model: str = Field(
+        "embedded", description="base model: 'embedded', a HF directory, or a .gguf file"
+    )
+    tiny_model: bool = Field(
+        False, description="tests: a tiny random model with the byte tokenizer"
+    )
+    train_file: str = Field(
+        description="JSONL/Parquet pairs {prompt, chosen, rejected[, margin]} (lmpo pairs); "
+        "'lmpo:NAME' = an example file shipped with lmpo"
+    )
+    eval_file: str | None = Field(
+        None, description="held-out pairs; default: eval_fraction of the pairs, by prompt"
+    )
+    eval_fraction: float = Field(
+        0.1, ge=0, lt=1, description="about this fraction of the pairs (whole prompts) is held out when eval_file is unset"
+    )
+    loss: Method = Field(default_factory=lambda: Method(name="bradley_terry"))
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    epochs: int = Field(1, gt=0)
+    batch_size: int = Field(8, gt=0, description="pairs per optimizer step")
+    micro_batch_size: int = Field(8, gt=0, description="pairs per forward/backward (memory only)")
+    max_length: int = Field(
+        512, ge=2, description="tokens per prompt+answer; longer inputs keep their end"
+    )
+    eval_every: int = Field(
+        0, ge=0, description="held-out eval every N steps (0: only before and after)"
+    )
+    eval_batch_size: int = Field(16, gt=0, description="sequences per forward when scoring")
+    seed: int = Field(0, description="head init, data order, held-out split")
+    threads: int | None = Field(None, gt=0)
+    output_dir: str = "runs/reward_model"
+    checkpoint_every: int = Field(
+        0, ge=0, description="steps between resumable checkpoints (0: none)"
+    )
+    keep_checkpoints: int = Field(2, gt=0)
+
+    @field_validator("loss")
+    @classmethod
+    def _registered(cls, m: Method) -> Method:
+        from lmpo.core import REWARD_MODEL_LOSSES
+
+        _check_method(REWARD_MODEL_LOSSES, m, "loss")
+        return m
+
+
+AnyRunConfig = RunConfig | PreferenceConfig | RewardModelConfig
+RUN_KINDS: dict[str, type[Strict]] = {
+    "online": RunConfig,
+    "preference": PreferenceConfig,
+    "reward_model": RewardModelConfig,
+}

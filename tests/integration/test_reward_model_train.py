@@ -154,3 +154,35 @@ def test_missing_rm_directory_fails_in_config_validation(recipe, tmp_path, capsy
     err = capsys.readouterr().err
     assert "rewards[0]" in err and "not a reward model directory" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_lmpo_train_runs_a_reward_model_recipe(tmp_path, capsys):
+    """`kind: reward_model` through `lmpo train`: the shipped recipe with overrides, end to end."""
+    data = pair_file(tmp_path / "pairs.jsonl")
+    argv = ["train", "reward_model", f"train_file={data}", "tiny_model=true", "eval_fraction=0.25",
+            "batch_size=4", "max_length=64", "eval_every=0", "optim.lr=1e-3",
+            f"output_dir={tmp_path / 'rm'}", "--no-progress"]
+    assert cli.main(argv) == 0
+    summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
+    assert summary["train_pairs"] == 12 and summary["eval_pairs"] == 4 and summary["steps"] == 3
+    assert "accuracy_after" in capsys.readouterr().out
+    rm = RewardModel.load(tmp_path / "rm" / "final")
+    base, tok = tiny_model(seed=0)
+    init = RewardModel.from_causal_lm(base, tok, max_length=64, seed=0)
+    assert not torch.equal(init.state_dict()["head.weight"], rm.state_dict()["head.weight"])
+
+
+def test_reward_model_recipe_errors_fail_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(rmtrain, "load_base", lambda *a, **k: pytest.fail("the model must not load"))
+    out = tmp_path / "rm"
+    assert cli.main(["train", "reward_model", "batchsize=3", f"output_dir={out}"]) == 2
+    assert "unknown key 'batchsize'" in capsys.readouterr().err
+    assert cli.main(["train", "reward_model", "loss.name=nope", f"output_dir={out}"]) == 2
+    assert "loss" in capsys.readouterr().err
+    feedback = tmp_path / "fb.jsonl"
+    feedback.write_text('{"prompt": "q", "completion": "a", "label": true}\n')
+    assert cli.main(["train", "reward_model", f"train_file={feedback}", f"output_dir={out}"]) == 2
+    assert "a reward model trains on pairs" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main(["train", "reward_model", "--dry-run"]) == 0  # the shipped recipe validates
+    assert "kind: reward_model" in capsys.readouterr().out

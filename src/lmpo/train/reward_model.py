@@ -7,7 +7,9 @@ registered reward-model loss (``REWARD_MODEL_LOSSES``, e.g. ``bradley_terry``), 
 held-out pair accuracy (fraction with r_chosen > r_rejected) before, every ``eval_every``
 steps, and after. The run directory gets metrics.jsonl, plots, resumable checkpoints and
 ``final/``, a reward-model directory loadable with ``RewardModel.load`` and usable as the
-``reward_model`` reward.
+``reward_model`` reward. The config is ``lmpo.config.RewardModelConfig`` (``kind: reward_model``,
+so ``lmpo train reward_model`` runs it); the pair files are read by
+``data.preference.load_preferences`` and split by ``split_held_out``, as in preference runs.
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lmpo.config import Method, OptimConfig, dump_config
+from lmpo.config import RewardModelConfig, dump_config
 from lmpo.core import REWARD_MODEL_LOSSES
 from lmpo.core.types import RewardModelInputs
 from lmpo.data.files import DataError
@@ -37,58 +38,6 @@ from lmpo.train.checkpoint import (
 )
 from lmpo.train.logging import MetricsLog, StepProgress, plot_metrics
 from lmpo.train.optim import build_optimizer
-
-
-class RewardModelConfig(BaseModel):
-    """A reward-model run: pair files, base model, loss, optimisation, evaluation."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    kind: Literal["reward_model"] = "reward_model"
-    model: str = Field(
-        "embedded", description="base model: 'embedded', a HF directory, or a .gguf file"
-    )
-    tiny_model: bool = Field(
-        False, description="tests: a tiny random model with the byte tokenizer"
-    )
-    train_file: str = Field(
-        description="JSONL/Parquet pairs {prompt, chosen, rejected[, margin]} (lmpo pairs)"
-    )
-    eval_file: str | None = Field(
-        None, description="held-out pairs; default: eval_fraction of the prompts"
-    )
-    eval_fraction: float = Field(
-        0.1, ge=0, lt=1, description="about this fraction of the pairs (whole prompts) is held out when eval_file is unset"
-    )
-    loss: Method = Field(default_factory=lambda: Method(name="bradley_terry"))
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    epochs: int = Field(1, gt=0)
-    batch_size: int = Field(8, gt=0, description="pairs per optimizer step")
-    micro_batch_size: int = Field(8, gt=0, description="pairs per forward/backward (memory only)")
-    max_length: int = Field(
-        512, ge=2, description="tokens per prompt+answer; longer inputs keep their end"
-    )
-    eval_every: int = Field(
-        0, ge=0, description="held-out eval every N steps (0: only before and after)"
-    )
-    eval_batch_size: int = Field(16, gt=0, description="sequences per forward when scoring")
-    seed: int = Field(0, description="head init, data order, held-out split")
-    threads: int | None = Field(None, gt=0)
-    output_dir: str = "runs/reward_model"
-    checkpoint_every: int = Field(
-        0, ge=0, description="steps between resumable checkpoints (0: none)"
-    )
-    keep_checkpoints: int = Field(2, gt=0)
-
-    @field_validator("loss")
-    @classmethod
-    def _registered(cls, m: Method) -> Method:
-        try:
-            REWARD_MODEL_LOSSES.get(m.name)
-            REWARD_MODEL_LOSSES.check_params(m.name, m.params)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"loss: {e.args[0]}") from None
-        return m
 
 
 def load_splits(cfg: RewardModelConfig) -> tuple[list[Pair], list[Pair]]:
