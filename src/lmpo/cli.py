@@ -14,6 +14,7 @@ TRAINERS = {
     "online": "lmpo.train.online:train_online",
     "preference": "lmpo.train.offline:train_preference",
     "reward_model": "lmpo.train.reward_model:train_reward_model",
+    "iterative": "lmpo.train.iterative:train_iterative",
 }
 
 
@@ -53,7 +54,7 @@ def _print_summary(summary: dict) -> None:
     t.add_column("metric")
     t.add_column("value", justify="right")
     keys = ("pair_accuracy_before", "pair_accuracy_after", "accuracy_before", "accuracy_after", "steps",
-            "wall_time_s", "final_model")
+            "rounds", "pairs_per_round", "accuracy_per_round", "wall_time_s", "final_model")
     for k in (k for k in keys if k in summary):
         v = summary[k]
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))

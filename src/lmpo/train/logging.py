@@ -66,32 +66,40 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def plot_metrics(metrics_path: Path, out_dir: Path, groups: dict[str, list[str]]) -> list[Path]:
     """One PNG per group of curves (e.g. reward, accuracy) from metrics.jsonl."""
+    rows = read_metrics(metrics_path)
+    written = []
+    for title, keys in groups.items():
+        series = {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)] for k in keys}
+        p = plot_curves({k: v for k, v in series.items() if v}, out_dir, title)
+        if p is not None:
+            written.append(p)
+    return written
+
+
+def plot_curves(
+    series: dict[str, list[tuple[float, float]]], out_dir: Path, title: str, xlabel: str = "step"
+) -> Path | None:
+    """One PNG (out_dir/TITLE.png) of named (x, y) curves; None when there is nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
-    written = []
-    for title, keys in groups.items():
-        series = {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)] for k in keys}
-        series = {k: v for k, v in series.items() if v}
-        if not series:
-            continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for k, pts in series.items():
-            xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=k)
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        p = Path(out_dir) / f"{title.replace(' ', '_').replace('/', '_')}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
-    return written
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for k, pts in series.items():
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=k)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = Path(out_dir) / f"{title.replace(' ', '_').replace('/', '_')}.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
 
 
 class StepProgress:
