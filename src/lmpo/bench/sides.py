@@ -24,6 +24,9 @@ reports a finished step. Every step record has the same keys on both sides:
                    once per completion (GRPO) or once per answer (DPO: chosen and rejected).
 * ``tokens``       prompt + generated (GRPO) or prompt + answer (DPO) tokens: the tokens of
                    the step's training sequences, used for tokens/s and training FLOPs.
+* ``encoded_tokens`` tokens the training forward actually runs: ``tokens`` minus the prompt
+                   copies a shared-prefix forward does not re-encode (lmpo encodes a GRPO group's
+                   prompt once, a DPO pair's prompt once); used for hardware FLOP utilisation.
 * ``peak_rss_mb``  peak resident memory of this worker process so far (``ru_maxrss``).
 """
 
@@ -55,7 +58,9 @@ def current_rss_mb() -> float:
 
 
 def record(step_s: float, generate_s: float = 0.0, score_s: float = 0.0, reference_s: float = 0.0,
-           train_s: float = 0.0, prompt_tokens: int = 0, generated_tokens: int = 0) -> dict:
+           train_s: float = 0.0, prompt_tokens: int = 0, generated_tokens: int = 0,
+           encoded_tokens: int | None = None) -> dict:
+    tokens = int(prompt_tokens + generated_tokens)
     return {
         "step_s": step_s,
         "generate_s": generate_s,
@@ -65,7 +70,8 @@ def record(step_s: float, generate_s: float = 0.0, score_s: float = 0.0, referen
         "other_s": step_s - generate_s - score_s - reference_s - train_s,
         "prompt_tokens": int(prompt_tokens),
         "generated_tokens": int(generated_tokens),
-        "tokens": int(prompt_tokens + generated_tokens),
+        "tokens": tokens,
+        "encoded_tokens": tokens if encoded_tokens is None else int(encoded_tokens),
         "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -125,8 +131,11 @@ class LmpoGRPO:
             m = self.online.rl_step(step, self.ctx)
             dt = time.perf_counter() - t0
             r = self.rollout
+            prompt = int(r.prompt_mask.sum())
+            G = self.cfg.batch.completions_per_prompt
+            encoded = (prompt // G if self.ctx.shared_prefix else prompt) + int(r.response_mask.sum())
             emit(record(dt, m["time/generate"], m["time/score"], m["time/reference"], m["time/train"],
-                        int(r.prompt_mask.sum()), int(r.response_mask.sum())))
+                        prompt, int(r.response_mask.sum()), encoded_tokens=encoded))
 
 
 class LmpoDPO:
@@ -179,7 +188,9 @@ class LmpoDPO:
             rows = self.ctx.order.prompts_for_step(step, self.cfg.batch.pairs_per_step)
             prompt = sum(2 * len(data.prompts[i]) for i in rows)  # once per answer, as TRL feeds it
             answers = sum(len(data.branches["chosen"][i]) + len(data.branches["rejected"][i]) for i in rows)
-            emit(record(dt, train_s=m["time/step"], prompt_tokens=prompt, generated_tokens=answers))
+            encoded = (prompt // 2 if self.ctx.shared_prefix else prompt) + answers
+            emit(record(dt, train_s=m["time/step"], prompt_tokens=prompt, generated_tokens=answers,
+                        encoded_tokens=encoded))
 
 
 # ------------------------------------------------------------------------------------- TRL
