@@ -120,4 +120,6 @@ def test_shared_prefix_training_equals_plain(recipe, tmp_path):
         assert runs[True][k] == pytest.approx(runs[False][k], rel=1e-4, abs=1e-6), k
     a, b = (load_file(tmp_path / str(s) / "final" / "model.safetensors") for s in (True, False))
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-4)
+        # one Adam step moves each weight by ~lr * sign(grad): float noise in a near-zero
+        # gradient can move a weight by a few 1e-6 at lr 1e-2
+        torch.testing.assert_close(a[k], b[k], atol=5e-5, rtol=1e-4)
