@@ -2,7 +2,11 @@
 
 A side is built in its worker process (``lmpo.bench.worker``) and driven through two
 callables: ``wait()`` blocks until the parent asks for the next step, ``emit(record)``
-reports a finished step. Every step record has the same keys on both sides:
+reports a finished step. A worker runs the data steps ``first_step .. first_step + total - 1``
+of the job (``first_step`` is 1 unless ``lmpo bench --alternate rounds`` continues a tool's
+run in a later process): lmpo trains on the prompts of those step numbers, and TRL's data set
+is built from the same prompts in the same order, so both see identical prompts per step.
+Every step record has the same keys on both sides:
 
 * ``step_s``       wall time of the whole step (lmpo: around ``rl_step`` / ``preference_step``;
                    TRL: from ``on_step_begin`` to ``on_step_end``, so it includes generation,
@@ -121,11 +125,12 @@ class LmpoGRPO:
             return batch
 
         online.sample_group = recording  # only in this worker process
+        self.first = int(job.get("first_step", 1))
         self.info = {"params": n_params(self.ctx.model), "ref_once_s": 0.0}
 
     def run(self, wait: Wait, emit: Emit, total: int, ready: Callable[[], None]) -> None:
         ready()
-        for step in range(1, total + 1):
+        for step in range(self.first, self.first + total):
             wait()
             t0 = time.perf_counter()
             m = self.online.rl_step(step, self.ctx)
@@ -150,6 +155,7 @@ class LmpoDPO:
 
         spec = job["spec"]
         self.offline, self.spec = offline, spec
+        self.first = int(job.get("first_step", 1))
         self.cfg = PreferenceConfig.model_validate({
             "model": job["model_dir"],
             "loss": {"name": "dpo", "params": {"beta": spec["dpo_beta"]}},
@@ -180,7 +186,7 @@ class LmpoDPO:
     def run(self, wait: Wait, emit: Emit, total: int, ready: Callable[[], None]) -> None:
         ready()
         data = self.ctx.train
-        for step in range(1, total + 1):
+        for step in range(self.first, self.first + total):
             wait()
             t0 = time.perf_counter()
             m = self.offline.preference_step(step, self.ctx)
@@ -320,8 +326,9 @@ class TrlGRPO:
         from trl import GRPOConfig, GRPOTrainer
 
         spec, cfg = self.job["spec"], self.cfg
-        # the prompts lmpo visits at steps 1..total, in that order (TRL must not shuffle them)
-        examples = [e for s in range(1, total + 1) for e in self.data.prompts_for_step(s, spec["prompts"])]
+        # the prompts lmpo visits at steps first..first+total-1, in that order (TRL must not shuffle them)
+        first = int(self.job.get("first_step", 1))
+        examples = [e for s in range(first, first + total) for e in self.data.prompts_for_step(s, spec["prompts"])]
         rows = [{"prompt": self.prompt_messages(e.prompt, cfg.task.system_prompt), "row": i}
                 for i, e in enumerate(examples)]
         B = spec["prompts"] * spec["completions"]

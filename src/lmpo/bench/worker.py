@@ -1,9 +1,12 @@
 """One benchmark side in its own process: ``python -m lmpo.bench.worker JOB.json``.
 
 Protocol (one JSON object a line): the worker writes ``ready`` (after set-up), then one
-``step`` per step it is asked for, then ``done``; or ``error`` / ``unavailable`` and exits.
+``step`` per step it is asked for (``step`` is the data step number: ``first_step`` of the
+job, default 1, for the first), then ``done``; or ``error`` / ``unavailable`` and exits.
 The parent writes ``step`` (run the next step) or ``exit`` on stdin. Anything the
-libraries print goes to stderr: the protocol has stdout to itself.
+libraries print goes to stderr: the protocol has stdout to itself. A worker killed from
+outside (the kernel's OOM killer sends SIGKILL) just stops writing; the parent tells why
+from the exit code (``lmpo.bench.run.Worker``).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def main(job_path: str) -> int:
             send("ready", setup_s=time.perf_counter() - t0, rss_after_setup_mb=current_rss_mb(),
                  peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), **side.info)
 
-        step = [0]
+        step = [int(job.get("first_step", 1)) - 1]
 
         def emit(rec: dict) -> None:
             step[0] += 1
