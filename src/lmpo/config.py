@@ -33,6 +33,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+CHECKPOINTING = (
+    "recompute each decoder layer's activations in backward (models.policy.enable_checkpointing): "
+    "less activation memory for about one more forward per update; the same maths"
+)
+
+
 class Method(Strict):
     """A registered function chosen by name plus its keyword parameters."""
 
@@ -153,6 +159,7 @@ class RunConfig(Strict):
     keep_checkpoints: int = Field(2, gt=0)
     logprob_chunk: int = Field(512, gt=0, description="rows per LM-head chunk; bounds logits memory")
     shared_prefix: bool = Field(True, description="encode a group's prompt once per micro-batch (same maths)")
+    gradient_checkpointing: bool = Field(False, description=CHECKPOINTING)
 
     @field_validator("algorithm")
     @classmethod
@@ -463,6 +470,7 @@ class PreferenceConfig(Strict):
     keep_checkpoints: int = Field(2, gt=0)
     logprob_chunk: int = Field(512, gt=0, description="rows per LM-head chunk; bounds logits memory")
     shared_prefix: bool = Field(True, description="encode a prompt once for all its answers (same maths)")
+    gradient_checkpointing: bool = Field(False, description=CHECKPOINTING)
 
     @field_validator("loss")
     @classmethod
@@ -520,6 +528,7 @@ class RewardModelConfig(Strict):
     max_length: int = Field(
         512, ge=2, description="tokens per prompt+answer; longer inputs keep their end"
     )
+    gradient_checkpointing: bool = Field(False, description=CHECKPOINTING)
     eval_every: int = Field(
         0, ge=0, description="held-out eval every N steps (0: only before and after)"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lmpo.models.loading import load_model, save_pretrained_clean, tiny_model
+from lmpo.models.logprobs import unwrap
 
 
 def load_base(model: str, *, tiny: bool = False, seed: int = 0):
@@ -29,6 +30,30 @@ def apply_lora(model, lora_cfg):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, cfg)
+
+
+def enable_checkpointing(model) -> None:
+    """Activation checkpointing: each decoder layer keeps only its input in the forward and
+    recomputes its activations in backward: less memory for about one more forward per update,
+    the same maths. Non-reentrant, so gradients reach LoRA weights without an input
+    ``requires_grad`` hook (the one transformers adds is removed: it only makes backward
+    differentiate the frozen embedding output) and custom 4D masks (shared prefixes) pass
+    through unchanged. transformers checkpoints only in train mode, so sampling
+    (``model.eval()``) keeps its KV cache.
+    """
+    base = unwrap(model)  # a PEFT wrapper forwards to the *ForCausalLM that holds the layers
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(base, "_require_grads_hook"):
+        base.disable_input_require_grads()
+
+
+def checkpointing_enabled(model) -> bool:
+    """Whether any layer of the model checkpoints its activations (in train mode)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 class Reference:

@@ -58,7 +58,14 @@ from lmpo.data.preference import (
 )
 from lmpo.data.sources import TrainData
 from lmpo.models.logprobs import sequence_logprobs, shared_prefix_logprobs, supports_shared_prefix
-from lmpo.models.policy import Reference, apply_lora, count_trainable, load_base, save_final
+from lmpo.models.policy import (
+    Reference,
+    apply_lora,
+    count_trainable,
+    enable_checkpointing,
+    load_base,
+    save_final,
+)
 from lmpo.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -486,6 +493,8 @@ def build_context(cfg: PreferenceConfig) -> Context:
     train, test = encode(tok, rows_train, **kw), encode(tok, rows_test, **kw)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
     model.train()
     registry = PAIRED_LOSSES if spec.kind == PAIRED else UNPAIRED_LOSSES
     params = {**registry.params(spec.name), **cfg.loss.params}

@@ -28,7 +28,14 @@ from lmpo.data.examples import Example
 from lmpo.data.prompts import render_prompt
 from lmpo.data.sources import TrainData, load_data
 from lmpo.models.logprobs import sequence_logprobs, shared_prefix_logprobs, supports_shared_prefix
-from lmpo.models.policy import Reference, apply_lora, count_trainable, load_base, save_final
+from lmpo.models.policy import (
+    Reference,
+    apply_lora,
+    count_trainable,
+    enable_checkpointing,
+    load_base,
+    save_final,
+)
 from lmpo.rewards.rewardset import RewardSet
 from lmpo.rollout.sampler import Rollout, SamplingConfig, generate
 from lmpo.train.checkpoint import (
@@ -267,6 +274,8 @@ def build_context(cfg: RunConfig) -> Context:
         model = apply_lora(model, cfg.lora)
     model.train()
     reference = Reference(model, lora=cfg.lora.enabled) if cfg.algorithm.kl.beta > 0 else None
+    if cfg.gradient_checkpointing:  # after the reference copy, which never runs backward
+        enable_checkpointing(model)
     optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.steps)
     kl = cfg.algorithm.kl
     kl_ctl = (

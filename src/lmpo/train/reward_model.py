@@ -28,7 +28,7 @@ from lmpo.core import REWARD_MODEL_LOSSES
 from lmpo.core.types import RewardModelInputs
 from lmpo.data.files import DataError
 from lmpo.data.preference import PAIRED, Pair, answer_text, load_preferences, split_held_out
-from lmpo.models.policy import count_trainable, load_base
+from lmpo.models.policy import count_trainable, enable_checkpointing, load_base
 from lmpo.models.reward_model import RewardModel
 from lmpo.train.checkpoint import (
     latest_checkpoint,
@@ -58,6 +58,17 @@ def load_splits(cfg: RewardModelConfig) -> tuple[list[Pair], list[Pair]]:
     f = cfg.eval_fraction
     n = max(1, round(f * len(pairs))) if f > 0 else 0
     return split_held_out(pairs, n, cfg.seed, max_fraction=f)
+
+
+def build_reward_model(cfg: RewardModelConfig) -> RewardModel:
+    """The base model's decoder with a fresh seeded head (the LM head is dropped)."""
+    base, tok = load_base(cfg.model, tiny=cfg.tiny_model, seed=cfg.seed)
+    rm = RewardModel.from_causal_lm(
+        base, tok, max_length=cfg.max_length, seed=cfg.seed, base_model=cfg.model
+    )
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(rm.backbone)
+    return rm
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
@@ -146,11 +157,7 @@ def train_reward_model(
     train, held = load_splits(cfg)  # data errors surface before the model loads
     if not train:
         raise ValueError(f"{cfg.train_file}: no training pairs left after holding out {len(held)}")
-    base, tok = load_base(cfg.model, tiny=cfg.tiny_model, seed=cfg.seed)
-    rm = RewardModel.from_causal_lm(
-        base, tok, max_length=cfg.max_length, seed=cfg.seed, base_model=cfg.model
-    )
-    del base
+    rm = build_reward_model(cfg)
     steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
     optimizer, scheduler = build_optimizer(rm, cfg.optim, steps)
     # unused by the maths here, but save_checkpoint/load_checkpoint keep a generator state
