@@ -141,6 +141,21 @@ def test_bench_rounds_one_process_at_a_time_and_the_same_prompts(tmp_path, monke
     trl_args = grpo["raw"]["trl"]["setup"]["trl_args"]
     assert trl_args["generation_batch_size"] == trl_args["per_device_train_batch_size"] == 4
     assert trl_args["gradient_checkpointing"] is False and trl_args["dtype"] == "torch.float32"
+    assert trl_args["checkpointing"] is False and grpo["raw"]["lmpo"]["setup"]["checkpointing"] is False
+
+
+@pytest.mark.skipif(not HAS_TRL, reason='trl is not installed (pip install -e ".[bench]")')
+def test_bench_checkpointing_spec_turns_it_on_for_both_tools(tmp_path):
+    """A spec's gradient_checkpointing reaches both configs, and both models' layers checkpoint."""
+    res = run_bench(["test-grpo-ckpt", "test-dpo-ckpt"], steps=1, rounds=1, threads=1,
+                    workdir=tmp_path / "work", gemm_sizes=(64,), log=lambda *_: None)
+    for c, kind in zip(res["configs"], ("grpo", "dpo"), strict=True):
+        for tool in ("lmpo", "trl"):
+            _check_side(c, tool, kind)
+        assert c["raw"]["lmpo"]["setup"]["checkpointing"] is True
+        trl_args = c["raw"]["trl"]["setup"]["trl_args"]
+        assert trl_args["gradient_checkpointing"] is True and trl_args["checkpointing"] is True
+        assert trl_args["gradient_checkpointing_kwargs"] == {"use_reentrant": False}  # as lmpo's
 
 
 @pytest.mark.skipif(not HAS_TRL, reason='trl is not installed (pip install -e ".[bench]")')

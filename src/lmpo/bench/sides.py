@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from lmpo.models.policy import checkpointing_enabled
+
 Wait = Callable[[], None]
 Emit = Callable[[dict], None]
 
@@ -106,6 +108,7 @@ def lmpo_grpo_config(spec: dict, model_dir: str, workdir: Path, threads: int | N
         "seed": spec["seed"],
         "threads": threads,
         "output_dir": str(workdir / "lmpo-run"),
+        "gradient_checkpointing": spec["gradient_checkpointing"],
     })
 
 
@@ -126,7 +129,8 @@ class LmpoGRPO:
 
         online.sample_group = recording  # only in this worker process
         self.first = int(job.get("first_step", 1))
-        self.info = {"params": n_params(self.ctx.model), "ref_once_s": 0.0}
+        self.info = {"params": n_params(self.ctx.model), "ref_once_s": 0.0,
+                     "checkpointing": checkpointing_enabled(self.ctx.model)}
 
     def run(self, wait: Wait, emit: Emit, total: int, ready: Callable[[], None]) -> None:
         ready()
@@ -169,6 +173,7 @@ class LmpoDPO:
             "seed": spec["seed"],
             "threads": threads,
             "output_dir": str(workdir / "lmpo-dpo-run"),
+            "gradient_checkpointing": spec["gradient_checkpointing"],
         })
         ref_time = [0.0]
         reference_cache = offline.reference_cache
@@ -181,7 +186,8 @@ class LmpoDPO:
 
         offline.reference_cache = timed  # only in this worker process
         self.ctx = offline.build_context(self.cfg)
-        self.info = {"params": n_params(self.ctx.model), "ref_once_s": ref_time[0]}
+        self.info = {"params": n_params(self.ctx.model), "ref_once_s": ref_time[0],
+                     "checkpointing": checkpointing_enabled(self.ctx.model)}
 
     def run(self, wait: Wait, emit: Emit, total: int, ready: Callable[[], None]) -> None:
         ready()
@@ -203,7 +209,8 @@ class LmpoDPO:
 
 
 def _trl_common(spec: dict, workdir: Path, total: int) -> dict:
-    """TrainingArguments shared by GRPO and DPO: fp32 CPU, no checkpointing/saving/reporting."""
+    """TrainingArguments shared by GRPO and DPO: fp32 CPU, no saving/reporting, activation
+    checkpointing as the spec says (non-reentrant, as lmpo's)."""
     return {
         "output_dir": str(workdir / "trl-run"),
         "max_steps": total,
@@ -215,7 +222,8 @@ def _trl_common(spec: dict, workdir: Path, total: int) -> dict:
         "weight_decay": 0.0,
         "max_grad_norm": 1.0,
         "optim": "adamw_torch",
-        "gradient_checkpointing": False,
+        "gradient_checkpointing": spec["gradient_checkpointing"],
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
         "bf16": False,
         "fp16": False,
         "use_cpu": True,
@@ -261,17 +269,29 @@ class Timers:
         return timed
 
 
-def _check_trl_args(trainer, keys: tuple[str, ...]) -> dict:
+def _check_trl_args(trainer, keys: tuple[str, ...], spec: dict) -> dict:
     """The TRL settings in effect (recorded with the results); fails if any side setting slipped."""
     a = trainer.args
     used = {k: getattr(a, k, None) for k in keys}
     used["dtype"] = str(next(trainer.model.parameters()).dtype)
-    if a.gradient_checkpointing or a.bf16 or a.fp16 or used["dtype"] != "torch.float32":
-        raise RuntimeError(f"TRL is not running plain fp32 without checkpointing: {used}")
+    if bool(a.gradient_checkpointing) != spec["gradient_checkpointing"]:
+        raise RuntimeError(f"TRL's gradient_checkpointing is not the spec's ({spec['gradient_checkpointing']}): {used}")
+    if a.bf16 or a.fp16 or used["dtype"] != "torch.float32":
+        raise RuntimeError(f"TRL is not running plain fp32: {used}")
     return used
 
 
-def _pacing_callback(wait: Wait, on_end: Callable[[float], None], ready: Callable[[], None]):
+def _check_checkpointing(model, used: dict, spec: dict) -> None:
+    """Records in ``used`` (the TRL settings) whether the model's layers really checkpoint
+    (``checkpointing``, as on the lmpo side); fails unless the spec says so. transformers turns
+    checkpointing on inside ``train()``, so this runs when training begins."""
+    used["checkpointing"] = checkpointing_enabled(model)
+    if used["checkpointing"] != spec["gradient_checkpointing"]:
+        raise RuntimeError(f"TRL's model checkpointing is not the spec's ({spec['gradient_checkpointing']}): {used}")
+
+
+def _pacing_callback(wait: Wait, on_end: Callable[[float], None], ready: Callable[[], None],
+                     check_model: Callable[[object], None]):
     from transformers import TrainerCallback
 
     class Pace(TrainerCallback):
@@ -279,7 +299,8 @@ def _pacing_callback(wait: Wait, on_end: Callable[[float], None], ready: Callabl
 
         t0 = 0.0
 
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            check_model(model)
             ready()  # dataloader and optimizer exist now
 
         def on_step_begin(self, args, state, control, **kwargs):
@@ -364,13 +385,15 @@ class TrlGRPO:
             wait()
             timers.reset()
 
+        pace = _pacing_callback(begin, on_end, ready,
+                                lambda model: _check_checkpointing(model, self.info["trl_args"], spec))
         trainer = GRPOTrainer(model=self.model, reward_funcs=self._reward_fn(examples), args=args,
                               train_dataset=Dataset.from_list(rows), processing_class=self.tok,
-                              callbacks=[_pacing_callback(begin, on_end, ready)])
+                              callbacks=[pace])
         self.info["trl_args"] = _check_trl_args(trainer, (
             "per_device_train_batch_size", "generation_batch_size", "steps_per_generation", "num_generations",
             "num_iterations", "gradient_accumulation_steps", "max_completion_length", "beta", "loss_type",
-            "use_vllm", "gradient_checkpointing", "bf16"))
+            "use_vllm", "gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16"), spec)
         if trainer.args.generation_batch_size != B or trainer.args.steps_per_generation != 1:
             raise RuntimeError(f"TRL does not run the step in one pass: {self.info['trl_args']}")
 
@@ -429,12 +452,15 @@ class TrlDPO:
         precompute = DPOTrainer._precompute_ref_logps
         DPOTrainer._precompute_ref_logps = timers.wrap("ref_once", precompute)
         rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in self.rows]
+        pace = _pacing_callback(begin, on_end, ready,
+                                lambda model: _check_checkpointing(model, self.info["trl_args"], spec))
         trainer = DPOTrainer(model=self.model, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=self.tok, callbacks=[_pacing_callback(begin, on_end, ready)])
+                             processing_class=self.tok, callbacks=[pace])
         self.info["ref_once_s"] = timers.s["ref_once"]
         self.info["trl_args"] = _check_trl_args(trainer, (
             "per_device_train_batch_size", "gradient_accumulation_steps", "beta", "loss_type",
-            "precompute_ref_log_probs", "max_length", "gradient_checkpointing", "bf16"))
+            "precompute_ref_log_probs", "max_length", "gradient_checkpointing", "gradient_checkpointing_kwargs",
+            "bf16"), spec)
         ds = trainer.train_dataset  # every step takes all rows (one batch = the whole data set)
         counts["prompt"] = sum(2 * len(p) for p in ds["prompt_ids"])
         counts["answers"] = sum(len(c) + len(r) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"], strict=True))

@@ -38,6 +38,9 @@ class BenchSpec:
     ``answer_tokens``; sigmoid loss with ``dpo_beta``; one forward/backward per step.
     ``trl_precompute_ref`` sets TRL's ``precompute_ref_log_probs`` (lmpo always computes
     reference log-probs once, before training).
+
+    ``gradient_checkpointing``: both tools recompute each decoder layer's activations in
+    backward (non-reentrant; lmpo's ``gradient_checkpointing``, TRL's argument of that name).
     """
 
     name: str
@@ -54,6 +57,7 @@ class BenchSpec:
     answer_tokens: int = 64
     dpo_beta: float = 0.1
     trl_precompute_ref: bool = False
+    gradient_checkpointing: bool = False
     lr: float = 1e-5
     seed: int = 0
 
@@ -68,6 +72,8 @@ SPECS: dict[str, BenchSpec] = {
                   "GRPO, SmolLM2-135M, 8 prompts x 8 completions, <=64 new tokens, beta 0"),
         BenchSpec("grpo-smollm2-kl", "grpo", "embedded",
                   "as grpo-smollm2 with a KL term (beta 0.04, reference model)", beta=0.04),
+        BenchSpec("grpo-smollm2-ckpt", "grpo", "embedded",
+                  "as grpo-smollm2, both tools with activation checkpointing", gradient_checkpointing=True),
         BenchSpec("grpo-tiny-llama", "grpo", "tiny-llama",
                   "GRPO, random Llama 4x256, vocab 49k, 8 x 8, <=64 new tokens, beta 0"),
         BenchSpec("dpo-smollm2", "dpo", "embedded",
@@ -76,16 +82,24 @@ SPECS: dict[str, BenchSpec] = {
         BenchSpec("dpo-smollm2-precompute", "dpo", "embedded",
                   "as dpo-smollm2 with TRL's precompute_ref_log_probs=True", lr=5e-6,
                   trl_precompute_ref=True),
+        BenchSpec("dpo-smollm2-ckpt", "dpo", "embedded",
+                  "as dpo-smollm2, both tools with activation checkpointing", lr=5e-6,
+                  gradient_checkpointing=True),
         BenchSpec("test-grpo", "grpo", "tiny",
                   "tests: tiny random model, 2 prompts x 2 completions, 4 new tokens",
                   prompts=2, completions=2, max_new_tokens=4, task_params={"style": "bare"}),
         BenchSpec("test-grpo-kl", "grpo", "tiny", "tests: test-grpo with beta 0.04",
                   prompts=2, completions=2, max_new_tokens=4, beta=0.04,
                   task_params={"style": "bare"}),
+        BenchSpec("test-grpo-ckpt", "grpo", "tiny", "tests: test-grpo with activation checkpointing on both sides",
+                  prompts=2, completions=2, max_new_tokens=4, gradient_checkpointing=True,
+                  task_params={"style": "bare"}),
         BenchSpec("test-dpo", "dpo", "tiny", "tests: tiny random model, 2 pairs, short answers",
                   pairs=2, prompt_tokens=8, answer_tokens=8),
         BenchSpec("test-dpo-precompute", "dpo", "tiny", "tests: test-dpo with TRL's precompute_ref_log_probs",
                   pairs=2, prompt_tokens=8, answer_tokens=8, trl_precompute_ref=True),
+        BenchSpec("test-dpo-ckpt", "dpo", "tiny", "tests: test-dpo with activation checkpointing on both sides",
+                  pairs=2, prompt_tokens=8, answer_tokens=8, gradient_checkpointing=True),
     ]
 }
 DEFAULT_CONFIGS = ["grpo-smollm2", "grpo-smollm2-kl", "grpo-tiny-llama", "dpo-smollm2"]
