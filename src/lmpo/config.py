@@ -35,7 +35,7 @@ class Strict(BaseModel):
 
 CHECKPOINTING = (
     "recompute each decoder layer's activations in backward (models.policy.enable_checkpointing): "
-    "less activation memory for about one more forward per update; the same maths"
+    "less activation memory for one more decoder forward per backward pass; the same maths"
 )
 
 

@@ -34,7 +34,7 @@ def apply_lora(model, lora_cfg):
 
 def enable_checkpointing(model) -> None:
     """Activation checkpointing: each decoder layer keeps only its input in the forward and
-    recomputes its activations in backward: less memory for about one more forward per update,
+    recomputes its activations in backward: less memory for one more forward per backward pass,
     the same maths. Non-reentrant, so gradients reach LoRA weights without an input
     ``requires_grad`` hook (the one transformers adds is removed: it only makes backward
     differentiate the frozen embedding output) and custom 4D masks (shared prefixes) pass
