@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmpo.models.logprobs import (
+    _HeadLogprobs,
     position_ids_from_mask,
     selective_logprobs,
     sequence_logprobs,
@@ -66,6 +67,95 @@ def test_selective_logprobs_temperature():
     want = torch.log_softmax(head(h) / 0.7, -1).gather(-1, y[:, None]).squeeze(-1)
     torch.testing.assert_close(got, want)
 
+
+# ------------------------------------------------------------- fused head log-prob Function
+
+
+def _naive_head(h, head, y, temperature):
+    logp = torch.log_softmax(torch.nn.functional.linear(h, head.weight, head.bias).float() / temperature, -1)
+    return logp.gather(-1, y[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1).detach()
+
+
+def _head_case(n=7, h=5, v=11, bias=True, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(h, v, bias=bias).to(dtype)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(v, h, generator=g))
+        if bias:
+            head.bias.copy_(torch.randn(v, generator=g))
+    hidden = torch.randn(n, h, generator=g, dtype=dtype, requires_grad=True)
+    return hidden, head, torch.randint(0, v, (n,), generator=g), torch.randn(n, generator=g)
+
+
+def _grads(hidden, head, logp, w):
+    params = [hidden, *(p for p in head.parameters() if p.requires_grad)]
+    return torch.autograd.grad((logp * w).sum(), params)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_head_values_and_grads_equal_naive(bias, temperature):
+    hidden, head, y, w = _head_case(bias=bias)
+    want, want_ent = _naive_head(hidden, head, y, temperature)
+    got, ent = selective_logprobs(hidden, head, y, temperature=temperature, chunk_size=3, with_entropy=True)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(ent, want_ent)
+    assert not ent.requires_grad
+    for a, b in zip(_grads(hidden, head, got, w), _grads(hidden, head, want, w), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_head_gradcheck(bias, temperature):
+    hidden, head, y, _ = _head_case(n=4, v=6, bias=bias, dtype=torch.float64)
+    b = head.bias if bias else None
+    want = torch.log_softmax(head(hidden) / temperature, -1).gather(-1, y[:, None]).squeeze(-1)
+    torch.testing.assert_close(_HeadLogprobs.apply(hidden, head.weight, b, y, temperature, False)[0], want)
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: _HeadLogprobs.apply(h, w, b, y, temperature, True)[0], (hidden, head.weight, b)
+    )
+
+
+def test_fused_head_frozen_weight_and_no_grad():
+    """LoRA-style frozen head: only the hidden gradient is formed; no-grad gives plain values."""
+    hidden, head, y, w = _head_case()
+    head.requires_grad_(False)
+    got, _ = selective_logprobs(hidden, head, y, temperature=0.7, chunk_size=3)
+    want, want_ent = _naive_head(hidden, head, y, 0.7)
+    (g,) = _grads(hidden, head, got, w)
+    torch.testing.assert_close(g, _grads(hidden, head, want, w)[0])
+    with torch.no_grad():
+        got, ent = selective_logprobs(hidden, head, y, temperature=0.7, chunk_size=3, with_entropy=True)
+    assert got.grad_fn is None and ent.grad_fn is None
+    torch.testing.assert_close(got, want.detach())
+    torch.testing.assert_close(ent, want_ent)
+
+
+def test_fused_head_bfloat16_matches_autograd():
+    """bf16 model: float32 log-probs/entropy, bf16 grads, as autograd through linear(...).float() gives."""
+    hidden, head, y, w = _head_case(dtype=torch.bfloat16)
+    got, ent = selective_logprobs(hidden, head, y, chunk_size=3, with_entropy=True)
+    want, want_ent = _naive_head(hidden, head, y, 1.0)
+    assert got.dtype == ent.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(ent, want_ent)
+    for a, b in zip(_grads(hidden, head, got, w), _grads(hidden, head, want, w), strict=True):
+        assert a.dtype == b.dtype == torch.bfloat16
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 13), st.floats(0.3, 2.0), st.booleans(), st.integers(0, 99))
+def test_fused_head_property(n, chunk_size, temperature, bias, seed):
+    """Any row count, chunking, temperature: values, entropy and all gradients match naive."""
+    hidden, head, y, w = _head_case(n=n, bias=bias, seed=seed)
+    want, want_ent = _naive_head(hidden, head, y, temperature)
+    got, ent = selective_logprobs(hidden, head, y, temperature=temperature, chunk_size=chunk_size, with_entropy=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent, want_ent, atol=1e-5, rtol=1e-5)
+    for a, b in zip(_grads(hidden, head, got, w), _grads(hidden, head, want, w), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 # ------------------------------------------------------------------ shared-prefix forward
 

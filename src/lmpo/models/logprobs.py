@@ -1,16 +1,21 @@
 """Per-token log-probs without materialising full-vocabulary logits for a whole batch.
 
 The decoder runs once; the LM head and log-softmax then run over chunks of response
-positions. Under autograd each chunk is checkpointed, so backward recomputes that chunk's
-logits instead of keeping [B, T, V] alive (V = 49k for SmolLM2: that tensor is where
-naive implementations spend most of their memory).
+positions (V = 49k for SmolLM2: a [B, T, V] logits tensor is where naive implementations
+spend most of their memory). Each chunk is one autograd Function, `_HeadLogprobs`, that
+saves only its hidden rows, labels and logsumexp; backward recomputes the chunk's logits
+and turns them into the gradient (onehot(label) - softmax) / T in place. The entropy is
+taken from the forward's logits, so a trained chunk costs 4 head matmuls (forward,
+recompute, two gradients), one fewer than checkpointing the chunk and running a separate
+no-grad matmul for the entropy. Memory is unchanged: at most one float32 [chunk, V]
+buffer is alive at a time (plus its bfloat16 twin for bf16 models, as before).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 
 def unwrap(model):
@@ -28,18 +33,44 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _chunk_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, temperature: float) -> Tensor:
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+def _head_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
+    """logits / temperature [n, V] in float32 (or float64), a fresh buffer the caller may overwrite."""
+    z = torch.nn.functional.linear(hidden, weight, bias)
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
+    return z.div_(temperature) if temperature != 1.0 else z
 
 
-@torch.no_grad()
-def _chunk_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float) -> Tensor:
-    logits = torch.nn.functional.linear(hidden, weight, bias).float() / temperature
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+class _HeadLogprobs(torch.autograd.Function):
+    """One chunk: (log softmax(head(hidden) / T)[labels], entropy or None), entropy detached."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, temperature, with_entropy):
+        z = _head_logits(hidden, weight, bias, temperature)
+        z_y = z.gather(1, labels[:, None]).squeeze(1)
+        m = z.amax(1, keepdim=True)
+        s = z.sub_(m).exp_().sum(1, keepdim=True)  # z now holds exp(logits - max)
+        lse = (m + s.log()).squeeze(1)
+        ent = None
+        if with_entropy:  # -sum p log p with p = softmax, normalised in place
+            ent = z.div_(s).xlogy_(z).sum(1).neg_()
+            ctx.mark_non_differentiable(ent)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse)
+        ctx.temperature = temperature
+        return z_y - lse, ent
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g, _):
+        hidden, weight, bias, labels, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g = g / ctx.temperature
+        # d logp / d logits = (onehot(label) - softmax) / T, built on the recomputed logits
+        gz = _head_logits(hidden, weight, bias, ctx.temperature).sub_(lse[:, None]).exp_()
+        gz = gz.mul_(-g[:, None]).scatter_add_(1, labels[:, None], g[:, None]).to(weight.dtype)
+        grad_h = (gz @ weight).to(hidden.dtype) if need_h else None
+        grad_w = gz.t() @ hidden.to(weight.dtype) if need_w else None
+        grad_b = gz.sum(0).to(bias.dtype) if need_b else None
+        return grad_h, grad_w, grad_b, None, None, None
 
 
 def selective_logprobs(
@@ -55,17 +86,12 @@ def selective_logprobs(
 
     hidden: [N, H]; labels: [N] -> logp [N] (and entropy [N], detached, if asked).
     """
-    weight, bias = head.weight, head.bias
     out, ent = [], []
-    grad = torch.is_grad_enabled() and hidden.requires_grad
     for s in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[s : s + chunk_size], labels[s : s + chunk_size]
-        if grad:
-            out.append(checkpoint(_chunk_logprobs, h, weight, bias, y, temperature, use_reentrant=False))
-        else:
-            out.append(_chunk_logprobs(h, weight, bias, y, temperature))
-        if with_entropy:
-            ent.append(_chunk_entropy(h.detach(), weight, bias, temperature))
+        lp, e = _HeadLogprobs.apply(h, head.weight, head.bias, y, temperature, with_entropy)
+        out.append(lp)
+        ent.append(e)
     logp = torch.cat(out) if out else hidden.new_zeros(0)
     return logp, (torch.cat(ent) if with_entropy and ent else None)
 
