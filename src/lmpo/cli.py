@@ -200,6 +200,7 @@ def _cmd_pairs(args) -> int:
         flip_fraction=args.flip,
         seed=args.seed,
         system_prompt=args.system_prompt,
+        pairing=args.pairing,
     )
     if args.pairs_out:
         write_jsonl(args.pairs_out, res.pairs)
@@ -274,6 +275,13 @@ def _add_pairs_parser(sub) -> None:
         type=int,
         default=1,
         help="up to m pairs per mixed prompt, best vs worst",
+    )
+    a.add_argument(
+        "--pairing",
+        choices=["ranked", "all"],
+        default="ranked",
+        help="ranked: i-th best good vs i-th worst bad, no answer reused (preference training); "
+        "all: every good vs every bad answer, for reward models (cap with --pairs-per-prompt)",
     )
     a.add_argument(
         "--flip",

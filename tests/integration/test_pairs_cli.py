@@ -123,3 +123,19 @@ def test_bad_options_fail_before_sampling(tmp_path, capsys, extra, needle):
         cli.main(["pairs", "--tiny-model", "--pairs-out", str(tmp_path / "p.jsonl"), *extra]) == 2
     )
     assert needle in capsys.readouterr().err
+
+
+def test_all_pairing_gives_every_good_bad_combination_of_the_same_samples(tmp_path):
+    ranked, binary = run(tmp_path, "ranked")
+    crossed, binary_again = run(tmp_path, "all", "--pairing", "all", "--pairs-per-prompt", "99")
+    assert binary_again == binary  # same samples; only the pairing differs
+    expected = {}
+    for row in binary:
+        g, b = expected.setdefault(row["id"], [0, 0]), row["label"]
+        g[0 if b else 1] += 1
+    per_prompt = {}
+    for row in crossed:
+        per_prompt[row["id"]] = per_prompt.get(row["id"], 0) + 1
+        assert is_even(row["chosen"]) and not is_even(row["rejected"])
+    assert per_prompt == {i: g * b for i, (g, b) in expected.items() if g and b}
+    assert len(crossed) > len(ranked)

@@ -43,6 +43,18 @@ def test_best_versus_worst_without_reuse_or_duplicates():
     assert select_pairs(blank, 2) == [(1, 2)]
 
 
+
+def test_all_pairing_crosses_every_good_with_every_bad():
+    g = group([1, 1, 0, 0, 1, 0], rewards=[1.0, 1.5, -0.5, 0.2, 1.5, 0.0], texts=list("abcdbe"))
+    # distinct good, best first: 1, 0; distinct bad, worst first: 2 (-0.5), 5 (0.0), 3 (0.2)
+    assert select_pairs(g, 99, "all") == [(1, 2), (1, 5), (1, 3), (0, 2), (0, 5), (0, 3)]
+    assert select_pairs(g, 4, "all") == [(1, 2), (1, 5), (1, 3), (0, 2)]
+    assert select_pairs(g, 99) == [(1, 2), (0, 5)]  # ranked: no answer reused
+    assert select_pairs(group([1] * 3), 9, "all") == []
+    with pytest.raises(ValueError, match="pairing"):
+        select_pairs(g, 2, "every")
+
+
 def test_flip_mask_is_exact_and_seeded():
     m = flip_mask(10, 0.3, seed=7)
     assert sum(m) == 3 and m == flip_mask(10, 0.3, seed=7)

@@ -13,6 +13,7 @@ TRL-format readers reject empty answers; good answers are ordered best first (to
 descending, then sample index), bad answers worst first (total reward ascending, then sample
 index), and the i-th good is paired with the i-th bad, for up to ``pairs_per_prompt`` pairs.
 No answer is used twice and ties never prefer a length, so the pairs add no length bias.
+``pairing="all"`` instead pairs every good answer with every bad one (reward-model data).
 
 Output rows are TRL's *conversational* formats (the prompt keeps the task's system message
 and few-shot turns, which a plain string would flatten):
@@ -83,11 +84,26 @@ def distinct(samples: list[Sample]) -> list[int]:
     return out
 
 
-def select_pairs(samples: list[Sample], max_pairs: int) -> list[tuple[int, int]]:
-    """(chosen, rejected) sample indices: i-th best good answer vs i-th worst bad answer."""
+PAIRINGS = ("ranked", "all")
+
+
+def select_pairs(
+    samples: list[Sample], max_pairs: int, pairing: str = "ranked"
+) -> list[tuple[int, int]]:
+    """(chosen, rejected) sample indices.
+
+    ``ranked``: the i-th best good answer vs the i-th worst bad answer (no answer used twice;
+    preference training). ``all``: every good answer against every bad one, best/worst first
+    (a prompt with g good and b bad distinct answers gives g x b pairs): more comparisons for
+    a reward model from the same samples, as reward-model data sets pair all K answers.
+    """
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
     idx = distinct(samples)
     good = sorted((i for i in idx if samples[i].good), key=lambda i: (-samples[i].reward, i))
     bad = sorted((i for i in idx if not samples[i].good), key=lambda i: (samples[i].reward, i))
+    if pairing == "all":
+        return [(g, b) for g in good for b in bad][:max_pairs]
     return list(zip(good, bad, strict=False))[:max_pairs]
 
 
@@ -111,6 +127,7 @@ def build_rows(
     flip_fraction: float = 0.0,
     seed: int = 0,
     system_prompt: str | None = None,
+    pairing: str = "ranked",
 ) -> PairsResult:
     """Paired and unpaired rows (see the module docstring) plus counts for the summary."""
     if pairs_per_prompt < 1:
@@ -122,7 +139,7 @@ def build_rows(
         n_good = sum(s.good for s in group)
         mixed += 0 < n_good < len(group)
         all_good += n_good == len(group)
-        for c, r in select_pairs(group, pairs_per_prompt):
+        for c, r in select_pairs(group, pairs_per_prompt, pairing):
             pairs.append(
                 {
                     "prompt": prompt,
