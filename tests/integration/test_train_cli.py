@@ -119,7 +119,12 @@ def test_shared_prefix_training_equals_plain(recipe, tmp_path):
     for k in ("loss", "grad_norm", "entropy", "reward", "clip_frac"):
         assert runs[True][k] == pytest.approx(runs[False][k], rel=1e-4, abs=1e-6), k
     a, b = (load_file(tmp_path / str(s) / "final" / "model.safetensors") for s in (True, False))
+    lr = cfg.optim.lr
     for k in a:
-        # one Adam step moves each weight by ~lr * sign(grad): float noise in a near-zero
-        # gradient can move a weight by a few 1e-6 at lr 1e-2
-        torch.testing.assert_close(a[k], b[k], atol=5e-5, rtol=1e-4)
+        # one Adam step moves each weight by lr * g / (|g| + eps): where |g| is near eps, float
+        # noise between the two forwards (different but equal-maths kernels) changes that
+        # step by up to lr, so allow a handful of such weights, never more than 2 lr off
+        diff = (a[k] - b[k]).abs()
+        off = diff > 5e-5 + 1e-4 * b[k].abs()
+        assert int(off.sum()) <= max(2, off.numel() // 1000), k
+        assert float(diff.max()) <= 2 * lr, k

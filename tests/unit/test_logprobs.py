@@ -222,3 +222,99 @@ def test_shared_prefix_property(tiny, sizes, seed):
     want, _ = _plain(model, *batch[:4])
     got, _ = shared_prefix_logprobs(model, *batch)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ padding-free packing
+
+
+def _packed_calls(monkeypatch):
+    """Counts calls of the packed attention kernel (it is looked up by name at each layer)."""
+    from lmpo.models import logprobs as L
+
+    calls = []
+    real = L._packed_attention
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(L, "_packed_attention", counting)
+    from transformers import AttentionInterface
+
+    AttentionInterface._global_mapping.pop(L.PACKED_ATTENTION, None)  # re-registered with the spy
+    monkeypatch.setattr(AttentionInterface, "_global_mapping", dict(AttentionInterface._global_mapping))
+    return calls
+
+
+def test_packed_groups_equal_padded_rows_values_and_gradients(tiny, monkeypatch):
+    """Several groups run as one padding-free row with per-group attention: log-probs,
+    entropies and every parameter gradient equal the padded one-row-per-group forward."""
+    model, tok = tiny
+    batch = _groups(tok, ["Hello there, solve this", "Q", "A third, medium prompt"], [[3, 9, 2], [8, 1], [4]], seed=3)
+    w = torch.randn(batch[2].shape)
+
+    def run():
+        model.zero_grad()
+        lp, ent = shared_prefix_logprobs(model, *batch, chunk_size=5, with_entropy=True)
+        (lp * w).sum().backward()
+        return lp.detach(), ent, [p.grad.clone() for p in model.parameters()]
+
+    calls = _packed_calls(monkeypatch)
+    got = run()
+    assert len(calls) == model.config.num_hidden_layers  # one packed attention call per layer
+    assert model.config._attn_implementation == "sdpa"  # restored after the forward
+    model._lmpo_no_packing = True
+    try:
+        want = run()
+    finally:
+        del model._lmpo_no_packing
+    assert len(calls) == model.config.num_hidden_layers  # the padded path did not pack
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+    for a, b in zip(got[2], want[2], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    model.zero_grad()
+
+
+def test_packing_skipped_with_checkpointing_and_single_group(tiny, monkeypatch):
+    """Checkpointing recomputes layers in backward, after the attention setting is restored,
+    so it keeps padded rows; one group has no padding to remove."""
+    import copy
+
+    from lmpo.models.policy import enable_checkpointing
+
+    model, tok = tiny
+    calls = _packed_calls(monkeypatch)
+    one = _groups(tok, ["Only one prompt"], [[3, 5, 2]], seed=4)
+    shared_prefix_logprobs(model, *one)
+    assert calls == []
+    ckpt = copy.deepcopy(model)
+    enable_checkpointing(ckpt)
+    ckpt.train()
+    batch = _groups(tok, ["First prompt", "Second"], [[3, 4], [2, 6]], seed=5)
+    got, _ = shared_prefix_logprobs(ckpt, *batch)
+    assert calls == []
+    torch.testing.assert_close(got, _plain(model, *batch[:4])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_model_that_bypasses_the_kernel_falls_back_to_padded_rows(tiny, monkeypatch):
+    """If attention never reaches the packed kernel (a model with its own attention code),
+    the packed output is discarded, the padded path runs, and the model is marked."""
+    from transformers import AttentionInterface
+
+    from lmpo.models import logprobs as L
+
+    model, tok = tiny
+    stock = AttentionInterface._global_mapping["sdpa"]
+
+    def bypass(module, q, k, v, mask, **kw):  # ignores the spans: attends across groups
+        return stock(module, q, k, v, None, **{k2: v2 for k2, v2 in kw.items() if not k2.startswith("lmpo_")})
+
+    monkeypatch.setattr(AttentionInterface, "_global_mapping", {**AttentionInterface._global_mapping, L.PACKED_ATTENTION: bypass})
+    batch = _groups(tok, ["First prompt", "Second"], [[3, 4], [2, 6]], seed=6)
+    try:
+        got, _ = shared_prefix_logprobs(model, *batch)
+        assert model._lmpo_no_packing is True
+    finally:
+        model.__dict__.pop("_lmpo_no_packing", None)
+    torch.testing.assert_close(got, _plain(model, *batch[:4])[0], atol=1e-5, rtol=1e-5)

@@ -185,6 +185,72 @@ def shared_prefix_mask(seg: Tensor, dtype: torch.dtype, attn_implementation: str
     return allowed
 
 
+PACKED_ATTENTION = "lmpo_packed_sdpa"
+
+
+def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention for a padding-free packed row: query [1, H, N, d], key/value [1, Hkv, N, d].
+
+    ``kwargs["lmpo_spans"]`` lists (start, end, mask) per group: SDPA runs on each span alone
+    with that group's [1, 1, L, L] boolean mask, so the cost is sum(L^2), not N^2, and no
+    token attends across groups. Returns [1, N, H, d] like transformers' attention functions.
+    """
+    spans, calls = kwargs["lmpo_spans"], kwargs["lmpo_calls"]
+    calls[0] += 1
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep > 1:  # grouped-query attention: kv head h serves query heads h*n_rep ... h*n_rep+n_rep-1
+        key, value = key.repeat_interleave(n_rep, dim=1), value.repeat_interleave(n_rep, dim=1)
+    out = torch.cat(
+        [
+            torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], attn_mask=m, dropout_p=dropout, scale=scaling
+            )
+            for s, e, m in spans
+        ],
+        dim=2,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def packing_applies(model) -> bool:
+    """Padding-free packing needs attention dispatched through transformers' AttentionInterface
+    (SDPA/eager models) and no activation checkpointing (its recompute in backward would
+    dispatch on the restored attention setting)."""
+    if getattr(model, "_lmpo_no_packing", False) or not supports_shared_prefix(model):
+        return False
+    return not any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def _packed_forward(decoder, config, ids: Tensor, pos: Tensor, seg: Tensor):
+    """Final hidden states of the real tokens of all packs as one row [1, N, H], and each
+    pack's offset in it; (None, None) if the model did not route attention through us."""
+    from transformers import AttentionInterface
+
+    if PACKED_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
+    real = seg >= 0  # each pack's real tokens come first in its row
+    lengths = real.sum(-1).tolist()
+    offsets, spans, start = [], [], 0
+    for n, length in enumerate(lengths):
+        mask = shared_prefix_mask(seg[n : n + 1, :length], torch.float32, "sdpa")
+        offsets.append(start)
+        spans.append((start, start + length, mask))
+        start += length
+    calls = [0]
+    previous = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION
+    try:
+        out = decoder(
+            input_ids=ids[real][None], position_ids=pos[real][None], attention_mask=None,
+            use_cache=False, lmpo_spans=spans, lmpo_calls=calls,
+        ).last_hidden_state
+    finally:
+        config._attn_implementation = previous
+    if calls[0] == 0:
+        return None, None
+    return out, offsets
+
+
 def supports_shared_prefix(model) -> bool:
     """Custom 4D masks reach the attention kernel as-is for SDPA and eager attention."""
     return getattr(unwrap(model).config, "_attn_implementation", None) in ("sdpa", "eager")
@@ -210,7 +276,9 @@ def shared_prefix_logprobs(
     gradients equal the standard forward (`sequence_logprobs` on [prompt; answer] rows) up
     to float rounding; the prompt's gradient is the sum over its answers, as it is there.
     Departure: instead of splitting attention into prefix/suffix calls, each group is one
-    packed row with a block mask, which any SDPA/eager model accepts unchanged.
+    packed row with a block mask, which any SDPA/eager model accepts unchanged. With more
+    than one group, the groups are also packed padding-free into a single row (see
+    `_packed_forward`): the linear layers see only real tokens, attention runs per group.
 
     prompt_ids/prompt_mask: [B, P] left-padded; response_ids/response_mask: [B, T]
     right-padded; group_ids: [B] (rows with equal ids must have the same prompt).
@@ -222,11 +290,17 @@ def shared_prefix_logprobs(
         rows_by_group.setdefault(g, []).append(r)
     ids, pos, seg, where = _pack_groups(prompt_ids, prompt_mask, response_ids, response_mask, list(rows_by_group.values()))
     decoder, head = decoder_and_head(model)
-    impl = unwrap(model).config._attn_implementation
-    mask = shared_prefix_mask(seg, head.weight.dtype, impl)
-    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-    L = ids.shape[1]
-    flat_idx = torch.cat([n * L + idx for r, (n, idx, _) in sorted(where.items())])
+    hidden = None
+    if len(rows_by_group) > 1 and packing_applies(model):
+        hidden, offsets = _packed_forward(decoder, unwrap(model).config, ids, pos, seg)
+        if hidden is None:  # attention never reached the packed kernel: remember, use rows
+            model._lmpo_no_packing = True
+    if hidden is None:  # one group, or a model that cannot run packed: padded rows, block mask
+        impl = unwrap(model).config._attn_implementation
+        mask = shared_prefix_mask(seg, head.weight.dtype, impl)
+        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+        offsets = [n * ids.shape[1] for n in range(ids.shape[0])]
+    flat_idx = torch.cat([offsets[n] + idx for r, (n, idx, _) in sorted(where.items())])
     resp_mask = response_mask.bool()
     labels = response_ids[resp_mask]  # row-major order == sorted rows, tokens in order
     sel_logp, sel_ent = selective_logprobs(
