@@ -529,6 +529,14 @@ class RewardModelConfig(Strict):
         512, ge=2, description="tokens per prompt+answer; longer inputs keep their end"
     )
     gradient_checkpointing: bool = Field(False, description=CHECKPOINTING)
+    head_lr: float | None = Field(
+        None, gt=0, description="learning rate of the scalar head (default: optim.lr); a fresh "
+        "head moves only ~lr per Adam step, so short runs need it larger than the backbone's"
+    )
+    head_init_std: float | None = Field(
+        None, ge=0, description="std of the head's initial weights (default 1/sqrt(hidden)); "
+        "small values start every reward near 0 instead of at a random projection"
+    )
     eval_every: int = Field(
         0, ge=0, description="held-out eval every N steps (0: only before and after)"
     )

@@ -186,3 +186,36 @@ def test_reward_model_recipe_errors_fail_before_the_model_loads(tmp_path, capsys
     assert not out.exists()
     assert cli.main(["train", "reward_model", "--dry-run"]) == 0  # the shipped recipe validates
     assert "kind: reward_model" in capsys.readouterr().out
+
+
+def test_head_lr_and_zero_head_init(tmp_path):
+    """head_init_std 0 starts every reward at 0 (a tie: accuracy 0, loss log 2); head_lr gives
+    the head its own AdamW group, so after one step each head weight moved by ~head_lr while
+    the backbone moved by ~lr (Adam's first step is lr * sign(grad))."""
+    cfg = config(tmp_path, head_lr=0.5, head_init_std=0.0, epochs=1, eval_fraction=0.0)
+    rm = rmtrain.build_reward_model(cfg)
+    assert torch.count_nonzero(rm.head.weight) == 0
+    pairs, _ = rmtrain.load_splits(cfg)
+    metrics, scores = rmtrain.evaluate_pairs(rm, pairs, cfg)
+    assert torch.all(scores == 0) and metrics["eval/accuracy"] == 0.0
+    assert metrics["eval/loss"] == pytest.approx(float(torch.log(torch.tensor(2.0))))
+
+    opt, _ = rmtrain.build_optimizer(rm, cfg.optim, 1, lr_overrides={p: cfg.head_lr for p in rm.head.parameters()})
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.5]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in rm.head.parameters()}
+    emb = rm.backbone.get_input_embeddings().weight
+    before = emb.detach().clone()
+    rmtrain.train_step(rm, pairs[:4], cfg, opt)
+    moved = rm.head.weight.detach().abs()
+    assert moved.max() == pytest.approx(0.5, rel=1e-3)  # the head's own lr
+    assert (emb.detach() - before).abs().max() == 0  # zero head: no gradient reaches the backbone yet
+    rmtrain.train_step(rm, pairs[4:8], cfg, opt)
+    step2 = (emb.detach() - before).abs().max()
+    assert 0 < step2 <= 1.01e-3  # now it learns, at the backbone's lr
+
+
+def test_head_options_are_validated(tmp_path):
+    with pytest.raises(ValidationError, match="head_lr"):
+        config(tmp_path, head_lr=0)
+    with pytest.raises(ValidationError, match="head_init_std"):
+        config(tmp_path, head_init_std=-1.0)

@@ -65,8 +65,10 @@ class RewardModel(nn.Module):
         max_length: int = 512,
         seed: int = 0,
         base_model: str | None = None,
+        init_std: float | None = None,
     ):
-        """Take the decoder of a causal LM and add a fresh head (seeded N(0, 1/H) weights, zero bias)."""
+        """Take the decoder of a causal LM and add a fresh head: seeded N(0, init_std^2) weights
+        (default std 1/sqrt(H)), zero bias."""
         rm = cls(
             unwrap(model).get_decoder(),
             tokenizer,
@@ -75,7 +77,8 @@ class RewardModel(nn.Module):
         )
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            w = torch.randn(rm.head.weight.shape, generator=gen) / rm.head.weight.shape[1] ** 0.5
+            std = rm.head.weight.shape[1] ** -0.5 if init_std is None else init_std
+            w = torch.randn(rm.head.weight.shape, generator=gen) * std
             rm.head.weight.copy_(w)
             rm.head.bias.zero_()
         return rm

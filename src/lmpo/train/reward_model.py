@@ -64,7 +64,12 @@ def build_reward_model(cfg: RewardModelConfig) -> RewardModel:
     """The base model's decoder with a fresh seeded head (the LM head is dropped)."""
     base, tok = load_base(cfg.model, tiny=cfg.tiny_model, seed=cfg.seed)
     rm = RewardModel.from_causal_lm(
-        base, tok, max_length=cfg.max_length, seed=cfg.seed, base_model=cfg.model
+        base,
+        tok,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        base_model=cfg.model,
+        init_std=cfg.head_init_std,
     )
     if cfg.gradient_checkpointing:
         enable_checkpointing(rm.backbone)
@@ -159,7 +164,8 @@ def train_reward_model(
         raise ValueError(f"{cfg.train_file}: no training pairs left after holding out {len(held)}")
     rm = build_reward_model(cfg)
     steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    optimizer, scheduler = build_optimizer(rm, cfg.optim, steps)
+    head_lr = {p: cfg.head_lr for p in rm.head.parameters()} if cfg.head_lr else None
+    optimizer, scheduler = build_optimizer(rm, cfg.optim, steps, lr_overrides=head_lr)
     # unused by the maths here, but save_checkpoint/load_checkpoint keep a generator state
     generator = torch.Generator().manual_seed(cfg.seed)
     start, first = 0, None
