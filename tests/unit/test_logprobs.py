@@ -318,3 +318,29 @@ def test_model_that_bypasses_the_kernel_falls_back_to_padded_rows(tiny, monkeypa
     finally:
         model.__dict__.pop("_lmpo_no_packing", None)
     torch.testing.assert_close(got, _plain(model, *batch[:4])[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [{"softcap": 30.0}, {"sliding_window": 4}])
+def test_attention_variants_the_packed_kernel_lacks_fall_back(tiny, monkeypatch, extra):
+    """A model whose attention passes e.g. logit soft-capping or a sliding window would get
+    plain SDPA from the packed kernel: it runs padded rows instead, and says so once."""
+    from transformers import AttentionInterface
+
+    from lmpo.models import logprobs as L
+
+    model, tok = tiny
+    with pytest.raises(L.PackingUnsupported):
+        q = torch.zeros(1, 2, 3, 4)
+        L._packed_attention(None, q, q, q, None, lmpo_spans=[], lmpo_calls=[0], **extra)
+
+    def with_variant(module, q, k, v, mask, **kw):
+        return L._packed_attention(module, q, k, v, mask, **kw, **extra)
+
+    monkeypatch.setattr(AttentionInterface, "_global_mapping", {**AttentionInterface._global_mapping, L.PACKED_ATTENTION: with_variant})
+    batch = _groups(tok, ["First prompt", "Second"], [[3, 4], [2, 6]], seed=7)
+    try:
+        got, _ = shared_prefix_logprobs(model, *batch)
+        assert model._lmpo_no_packing is True
+    finally:
+        model.__dict__.pop("_lmpo_no_packing", None)
+    torch.testing.assert_close(got, _plain(model, *batch[:4])[0], atol=1e-5, rtol=1e-5)

@@ -186,6 +186,12 @@ def shared_prefix_mask(seg: Tensor, dtype: torch.dtype, attn_implementation: str
 
 
 PACKED_ATTENTION = "lmpo_packed_sdpa"
+# attention variants plain SDPA would silently drop: such models run padded rows instead
+_UNSUPPORTED_ATTENTION_KWARGS = ("softcap", "sliding_window", "s_aux", "position_bias")
+
+
+class PackingUnsupported(RuntimeError):
+    """The model's attention needs something the packed kernel does not implement."""
 
 
 def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -196,6 +202,9 @@ def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     token attends across groups. Returns [1, N, H, d] like transformers' attention functions.
     """
     spans, calls = kwargs["lmpo_spans"], kwargs["lmpo_calls"]
+    unsupported = [k for k in _UNSUPPORTED_ATTENTION_KWARGS if kwargs.get(k) is not None]
+    if unsupported:
+        raise PackingUnsupported(f"attention with {', '.join(unsupported)}")
     calls[0] += 1
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:  # grouped-query attention: kv head h serves query heads h*n_rep ... h*n_rep+n_rep-1
@@ -223,7 +232,8 @@ def packing_applies(model) -> bool:
 
 def _packed_forward(decoder, config, ids: Tensor, pos: Tensor, seg: Tensor):
     """Final hidden states of the real tokens of all packs as one row [1, N, H], and each
-    pack's offset in it; (None, None) if the model did not route attention through us."""
+    pack's offset in it; (None, None) if the model did not route attention through us or
+    needs an attention variant the packed kernel lacks."""
     from transformers import AttentionInterface
 
     if PACKED_ATTENTION not in AttentionInterface._global_mapping:
@@ -244,6 +254,8 @@ def _packed_forward(decoder, config, ids: Tensor, pos: Tensor, seg: Tensor):
             input_ids=ids[real][None], position_ids=pos[real][None], attention_mask=None,
             use_cache=False, lmpo_spans=spans, lmpo_calls=calls,
         ).last_hidden_state
+    except PackingUnsupported:
+        return None, None
     finally:
         config._attn_implementation = previous
     if calls[0] == 0:
