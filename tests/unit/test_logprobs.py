@@ -297,21 +297,16 @@ def test_packing_skipped_with_checkpointing_and_single_group(tiny, monkeypatch):
     torch.testing.assert_close(got, _plain(model, *batch[:4])[0], atol=1e-5, rtol=1e-5)
 
 
-def test_model_that_bypasses_the_kernel_falls_back_to_padded_rows(tiny, monkeypatch):
-    """If attention never reaches the packed kernel (a model with its own attention code),
-    the packed output is discarded, the padded path runs, and the model is marked."""
+def _assert_falls_back(tiny, monkeypatch, kernel, seed):
+    """With ``kernel`` registered as the packed attention, the packed output is discarded,
+    the padded path runs (equal to the plain forward) and the model is marked."""
     from transformers import AttentionInterface
 
     from lmpo.models import logprobs as L
 
     model, tok = tiny
-    stock = AttentionInterface._global_mapping["sdpa"]
-
-    def bypass(module, q, k, v, mask, **kw):  # ignores the spans: attends across groups
-        return stock(module, q, k, v, None, **{k2: v2 for k2, v2 in kw.items() if not k2.startswith("lmpo_")})
-
-    monkeypatch.setattr(AttentionInterface, "_global_mapping", {**AttentionInterface._global_mapping, L.PACKED_ATTENTION: bypass})
-    batch = _groups(tok, ["First prompt", "Second"], [[3, 4], [2, 6]], seed=6)
+    monkeypatch.setattr(AttentionInterface, "_global_mapping", {**AttentionInterface._global_mapping, L.PACKED_ATTENTION: kernel})
+    batch = _groups(tok, ["First prompt", "Second"], [[3, 4], [2, 6]], seed=seed)
     try:
         got, _ = shared_prefix_logprobs(model, *batch)
         assert model._lmpo_no_packing is True
@@ -320,15 +315,25 @@ def test_model_that_bypasses_the_kernel_falls_back_to_padded_rows(tiny, monkeypa
     torch.testing.assert_close(got, _plain(model, *batch[:4])[0], atol=1e-5, rtol=1e-5)
 
 
+def test_model_that_bypasses_the_kernel_falls_back_to_padded_rows(tiny, monkeypatch):
+    """If attention never reaches the packed kernel (a model with its own attention code),
+    the packed output is discarded, the padded path runs, and the model is marked."""
+    from transformers import AttentionInterface
+
+    stock = AttentionInterface._global_mapping["sdpa"]
+
+    def bypass(module, q, k, v, mask, **kw):  # ignores the spans: attends across groups
+        return stock(module, q, k, v, None, **{k2: v2 for k2, v2 in kw.items() if not k2.startswith("lmpo_")})
+
+    _assert_falls_back(tiny, monkeypatch, bypass, seed=6)
+
+
 @pytest.mark.parametrize("extra", [{"softcap": 30.0}, {"sliding_window": 4}])
 def test_attention_variants_the_packed_kernel_lacks_fall_back(tiny, monkeypatch, extra):
     """A model whose attention passes e.g. logit soft-capping or a sliding window would get
     plain SDPA from the packed kernel: it runs padded rows instead, and says so once."""
-    from transformers import AttentionInterface
-
     from lmpo.models import logprobs as L
 
-    model, tok = tiny
     with pytest.raises(L.PackingUnsupported):
         q = torch.zeros(1, 2, 3, 4)
         L._packed_attention(None, q, q, q, None, lmpo_spans=[], lmpo_calls=[0], **extra)
@@ -336,11 +341,4 @@ def test_attention_variants_the_packed_kernel_lacks_fall_back(tiny, monkeypatch,
     def with_variant(module, q, k, v, mask, **kw):
         return L._packed_attention(module, q, k, v, mask, **kw, **extra)
 
-    monkeypatch.setattr(AttentionInterface, "_global_mapping", {**AttentionInterface._global_mapping, L.PACKED_ATTENTION: with_variant})
-    batch = _groups(tok, ["First prompt", "Second"], [[3, 4], [2, 6]], seed=7)
-    try:
-        got, _ = shared_prefix_logprobs(model, *batch)
-        assert model._lmpo_no_packing is True
-    finally:
-        model.__dict__.pop("_lmpo_no_packing", None)
-    torch.testing.assert_close(got, _plain(model, *batch[:4])[0], atol=1e-5, rtol=1e-5)
+    _assert_falls_back(tiny, monkeypatch, with_variant, seed=7)

@@ -28,6 +28,11 @@ def decoder_and_head(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
+def checkpointing_enabled(model) -> bool:
+    """Whether any layer of the model checkpoints its activations (in train mode)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions that skip left padding: 0 at each row's first real token."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -227,7 +232,7 @@ def packing_applies(model) -> bool:
     dispatch on the restored attention setting)."""
     if getattr(model, "_lmpo_no_packing", False) or not supports_shared_prefix(model):
         return False
-    return not any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    return not checkpointing_enabled(model)
 
 
 def _packed_forward(decoder, config, ids: Tensor, pos: Tensor, seg: Tensor):

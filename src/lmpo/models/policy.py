@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lmpo.models.loading import load_model, save_pretrained_clean, tiny_model
-from lmpo.models.logprobs import unwrap
+from lmpo.models.logprobs import checkpointing_enabled, unwrap  # noqa: F401 (re-exported)
 
 
 def load_base(model: str, *, tiny: bool = False, seed: int = 0):
@@ -49,11 +49,6 @@ def enable_checkpointing(model) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if hasattr(base, "_require_grads_hook"):
         base.disable_input_require_grads()
-
-
-def checkpointing_enabled(model) -> bool:
-    """Whether any layer of the model checkpoints its activations (in train mode)."""
-    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 class Reference:
