@@ -104,6 +104,35 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_eval_pairs(args) -> int:
+    """Held-out pair accuracy of a saved reward model (either kind) on a pair file."""
+    import torch
+
+    from lmpo.models.reward_model import load_reward_model, score_pairs
+    from lmpo.train.reward_model import read_pairs
+
+    pairs = read_pairs(args.pairs)  # bad rows fail naming file and line, before the model loads
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rm = load_reward_model(args.reward_model)
+    rw, rl = score_pairs(rm, pairs, batch_size=args.batch_size)
+    out = {
+        "reward_model": str(args.reward_model),
+        "kind": rm.meta.get("kind", "scalar"),
+        "pairs_file": str(args.pairs),
+        "pairs": len(pairs),
+        "pair_accuracy": float((rw > rl).float().mean()) if pairs else None,
+        "mean_margin": float((rw - rl).mean()) if pairs else None,
+    }
+    print(json.dumps(out))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"id": p.id, "chosen_reward": float(a), "rejected_reward": float(b)}
+                for p, a, b in zip(pairs, rw, rl, strict=True)]
+        Path(args.out).write_text(json.dumps({**out, "rows": rows}, indent=1))
+    return 0
+
+
 def _kv(item: str):
     import yaml
 
@@ -332,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int)
     e.add_argument("--out", help="write results (and every completion) as JSON here")
     e.set_defaults(fn=_cmd_eval)
+
+    ep = sub.add_parser(
+        "eval-pairs", help="pair accuracy of a saved reward model (scalar head or a DPO policy) on a pair file"
+    )
+    ep.add_argument("reward_model", help="a reward-model directory: runs/<rm>/final, or runs/<dpo run>/final")
+    ep.add_argument("pairs", help="JSONL/Parquet pairs prompt/chosen/rejected")
+    ep.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
+    ep.add_argument("--threads", type=int)
+    ep.add_argument("--out", help="also write every pair's two rewards as JSON here")
+    ep.set_defaults(fn=_cmd_eval_pairs)
 
     r = sub.add_parser("recipes", help="list the shipped recipes")
     r.add_argument("--show", help="print one recipe")

@@ -335,6 +335,44 @@ def render_answers(
     return prompt_text, texts
 
 
+class AnswerTokenizer:
+    """Token ids of a prompt and its answers, as ``encode`` makes them (texts cached; counts
+    truncations). Also used to score new answers the same way (``models.reward_model``)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        system_prompt: str | None = None,
+        max_prompt_tokens: int | None = None,
+        max_completion_tokens: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_completion_tokens = max_completion_tokens
+        self.truncated = 0
+        self._cache: dict[str, list[int]] = {}
+
+    def tok(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.tokenizer(text, add_special_tokens=False).input_ids
+        return self._cache[text]
+
+    def __call__(self, prompt, answers: list[list[dict]]) -> tuple[list[int], list[list[int]]]:
+        p_text, texts = render_answers(self.tokenizer, prompt, answers, self.system_prompt)
+        p = self.tok(p_text)
+        if self.max_prompt_tokens and len(p) > self.max_prompt_tokens:
+            p, self.truncated = p[-self.max_prompt_tokens :], self.truncated + 1
+        out = []
+        for t in texts:
+            ids = self.tok(t)
+            if self.max_completion_tokens and len(ids) > self.max_completion_tokens:
+                ids, self.truncated = ids[: self.max_completion_tokens], self.truncated + 1
+            out.append(ids)
+        return p, out
+
+
 def encode(
     tokenizer,
     rows: list[Pair] | list[Feedback],
@@ -344,27 +382,12 @@ def encode(
     max_completion_tokens: int | None = None,
 ) -> PreferenceSet:
     """Tokenize Pairs (branches chosen/rejected) or Feedback (branches completion/kl)."""
-    cache: dict[str, list[int]] = {}
-    truncated = 0
-
-    def tok(text: str) -> list[int]:
-        if text not in cache:
-            cache[text] = tokenizer(text, add_special_tokens=False).input_ids
-        return cache[text]
-
-    def prompt_and_answers(prompt, answers):
-        nonlocal truncated
-        p_text, texts = render_answers(tokenizer, prompt, answers, system_prompt)
-        p = tok(p_text)
-        if max_prompt_tokens and len(p) > max_prompt_tokens:
-            p, truncated = p[-max_prompt_tokens:], truncated + 1
-        out = []
-        for t in texts:
-            ids = tok(t)
-            if max_completion_tokens and len(ids) > max_completion_tokens:
-                ids, truncated = ids[:max_completion_tokens], truncated + 1
-            out.append(ids)
-        return p, out
+    prompt_and_answers = AnswerTokenizer(
+        tokenizer,
+        system_prompt=system_prompt,
+        max_prompt_tokens=max_prompt_tokens,
+        max_completion_tokens=max_completion_tokens,
+    )
 
     ids, prompts = [r.id for r in rows], []
     if rows and isinstance(rows[0], Pair):
@@ -375,7 +398,10 @@ def encode(
             chosen.append(c)
             rejected.append(j)
         return PreferenceSet(
-            ids, prompts, {"chosen": chosen, "rejected": rejected}, truncated=truncated
+            ids,
+            prompts,
+            {"chosen": chosen, "rejected": rejected},
+            truncated=prompt_and_answers.truncated,
         )
     completions = []
     for r in rows:
@@ -389,7 +415,7 @@ def encode(
         {"completion": completions, "kl": kl},
         desirable=[r.desirable for r in rows],
         pair=[r.pair for r in rows],
-        truncated=truncated,
+        truncated=prompt_and_answers.truncated,
     )
 
 

@@ -327,3 +327,47 @@ def shared_prefix_logprobs(
     logp = torch.zeros(B, T, dtype=torch.float32).masked_scatter(resp_mask, sel_logp)
     ent = torch.zeros(B, T).masked_scatter(resp_mask, sel_ent) if with_entropy else None
     return logp, ent
+
+
+# ------------------------------------------------------------------- token lists -> log-probs
+
+
+def pad_token_lists(rows: list[list[int]], pad_id: int, *, left: bool) -> tuple[Tensor, Tensor]:
+    """Token lists -> ids and mask [B, L], padded on the left (prompts) or the right (answers)."""
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), L), dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(L - len(r), L) if left else slice(0, len(r))
+        ids[i, sl] = torch.tensor(r, dtype=torch.long)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def answer_logprob_sums(
+    model,
+    prompts: list[list[int]],
+    answers: list[list[list[int]]],
+    pad_id: int,
+    *,
+    shared_prefix: bool = True,
+    chunk_size: int = 512,
+) -> Tensor:
+    """Summed log-probs [K, B] of answers[k][i] given prompts[i] (token lists).
+
+    With ``shared_prefix`` (and a model that supports it) the K answers of row i share one
+    encoding of its prompt (`shared_prefix_logprobs`); otherwise each [prompt; answer] is
+    its own row (`sequence_logprobs`). Grad flows if enabled.
+    """
+    b, K = len(prompts), len(answers)
+    p_ids, p_mask = pad_token_lists(prompts * K, pad_id, left=True)
+    a_ids, a_mask = pad_token_lists([a for branch in answers for a in branch], pad_id, left=False)
+    if shared_prefix and supports_shared_prefix(model):
+        groups = torch.arange(b).repeat(K)  # the K answers of row i share its prompt
+        logp, _ = shared_prefix_logprobs(
+            model, p_ids, p_mask, a_ids, a_mask, groups, chunk_size=chunk_size
+        )
+    else:
+        ids, attn = torch.cat([p_ids, a_ids], 1), torch.cat([p_mask, a_mask], 1)
+        logp, _ = sequence_logprobs(model, ids, attn, p_ids.shape[1], chunk_size=chunk_size)
+    return logp.sum(-1).view(K, b)

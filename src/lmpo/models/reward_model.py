@@ -1,4 +1,7 @@
-"""A scalar reward model: a causal LM's decoder with a linear head on the last real token.
+"""Reward models: a causal LM's decoder with a scalar head (``RewardModel``), or a policy
+trained with a DPO-family loss read as its implicit reward (``ImplicitRewardModel``).
+
+Scalar head:
 
 ``r(x, y) = w . h(x ⊕ y ⊕ EOS)[last non-pad position] + b``, where ``h`` is the decoder's
 final hidden state [B, L, H] (after its last norm) and ``x`` the prompt rendered with the
@@ -15,7 +18,12 @@ A saved reward model is a directory, loadable with ``RewardModel.load(dir)``:
   (the rewards' statistics on held-out pairs, written by training; used to standardise
   ensemble members).
 
-Only safetensors and JSON are read: nothing is unpickled.
+Implicit (``reward_model.json`` with ``"kind": "implicit"``, written next to the policy by a
+preference run whose loss has a reference): ``r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x))``
+with summed answer log-probs, tokenized as that run did (``data.preference.AnswerTokenizer``).
+
+``load_reward_model(dir)`` loads either kind. Only safetensors and JSON are read: nothing is
+unpickled.
 """
 
 from __future__ import annotations
@@ -30,15 +38,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lmpo.data.preference import AnswerTokenizer, Pair, answer_text
 from lmpo.data.prompts import render_prompt
 from lmpo.models.loading import _ensure_pad, save_pretrained_clean
-from lmpo.models.logprobs import position_ids_from_mask, unwrap
+from lmpo.models.logprobs import answer_logprob_sums, position_ids_from_mask, unwrap
 from lmpo.rollout.sampler import encode_prompts
 
 FORMAT = "lmpo-reward-model"
 VERSION = 1
 HEAD_FILE = "value_head.safetensors"
 META_FILE = "reward_model.json"
+SCALAR, IMPLICIT = "scalar", "implicit"
 
 
 class RewardModel(nn.Module):
@@ -132,10 +142,7 @@ class RewardModel(nn.Module):
         ]
         self.train(was_training)
         r = torch.cat(out) if out else torch.zeros(0)
-        mean, std = self.meta.get("reward_mean"), self.meta.get("reward_std")
-        if normalize and mean is not None and std:
-            r = (r - mean) / std
-        return r
+        return standardize(r, self.meta, normalize)
 
     def save(self, path: str | Path) -> Path:
         """Write the directory atomically (temporary directory, then rename)."""
@@ -198,6 +205,134 @@ def read_meta(path: str | Path) -> dict:
         raise ValueError(f"{f}: malformed JSON ({e.msg})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{f}: not an lmpo reward model (format tag {FORMAT!r} missing)")
-    if not (path / HEAD_FILE).is_file():
+    kind = meta.get("kind", SCALAR)
+    if kind == SCALAR and not (path / HEAD_FILE).is_file():
         raise FileNotFoundError(f"{path}: {HEAD_FILE} is missing")
+    if kind == IMPLICIT:
+        missing = [k for k in ("beta", "reference") if k not in meta]
+        if missing or not (path / "config.json").is_file():
+            raise ValueError(f"{f}: implicit reward model without {missing or 'config.json'}")
+    elif kind != SCALAR:
+        raise ValueError(
+            f"{f}: unknown reward-model kind {kind!r} (expected {SCALAR} or {IMPLICIT})"
+        )
     return meta
+
+
+def load_reward_model(path: str | Path) -> RewardModel | ImplicitRewardModel:
+    """A saved reward model of either kind (see the module docstring)."""
+    if read_meta(path).get("kind", SCALAR) == IMPLICIT:
+        return ImplicitRewardModel.load(path)
+    return RewardModel.load(path)
+
+
+def standardize(r: Tensor, meta: dict, normalize: bool) -> Tensor:
+    """(r - reward_mean) / reward_std when asked and the model has them, else r."""
+    mean, std = meta.get("reward_mean"), meta.get("reward_std")
+    if normalize and mean is not None and std:
+        return (r - mean) / std
+    return r
+
+
+class ImplicitRewardModel(nn.Module):
+    """The implicit reward of a policy trained with a reference-based DPO-family loss.
+
+    Rafailov et al. 2023, "Direct Preference Optimization: Your Language Model is Secretly a
+    Reward Model", arXiv 2305.18290, sec. 5: DPO fits the Bradley-Terry model with
+    ``r(x, y) = beta * log pi(y|x) / pi_ref(y|x)`` (the partition term cancels in every
+    comparison of answers to the same prompt). ``policy`` and ``reference`` are causal LMs;
+    ``answer_tokens`` renders and tokenizes (prompt, answer) as the training run did, so
+    ``score`` reproduces that run's held-out implicit rewards.
+    """
+
+    def __init__(self, policy, reference, tokenizer, *, beta: float, meta: dict | None = None):
+        super().__init__()
+        if not beta > 0:
+            raise ValueError(f"implicit reward model: beta must be > 0, got {beta}")
+        self.policy, self.reference, self.tokenizer = policy, reference, tokenizer
+        self.beta = float(beta)
+        self.meta = dict(meta or {})
+        self.answer_tokens = AnswerTokenizer(
+            tokenizer,
+            system_prompt=self.meta.get("system_prompt"),
+            max_prompt_tokens=self.meta.get("max_prompt_tokens"),
+            max_completion_tokens=self.meta.get("max_completion_tokens"),
+        )
+        for p in self.reference.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def score(
+        self,
+        prompts: list,
+        completions: list[str],
+        *,
+        batch_size: int = 16,
+        normalize: bool = False,
+    ) -> Tensor:
+        """Rewards [N] in batches of ``batch_size`` rows, without grad (``normalize``: as
+        ``RewardModel.score``)."""
+        self.policy.eval()
+        self.reference.eval()
+        out = []
+        for s in range(0, len(completions), batch_size):
+            toks = [
+                self.answer_tokens(p, [[{"role": "assistant", "content": c}]])
+                for p, c in zip(
+                    prompts[s : s + batch_size], completions[s : s + batch_size], strict=True
+                )
+            ]
+            ps, answers = [t[0] for t in toks], [[t[1][0] for t in toks]]
+            pad = self.tokenizer.pad_token_id
+            lp = answer_logprob_sums(self.policy, ps, answers, pad)[0]
+            lp_ref = answer_logprob_sums(self.reference, ps, answers, pad)[0]
+            out.append(self.beta * (lp - lp_ref))
+        r = torch.cat(out) if out else torch.zeros(0)
+        return standardize(r, self.meta, normalize)
+
+    @classmethod
+    def load(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> ImplicitRewardModel:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from lmpo.models.policy import load_base
+
+        path = Path(path)
+        meta = read_meta(path)
+        policy = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(str(path))
+        _ensure_pad(tok, policy)
+        ref = meta["reference"]
+        reference, _ = load_base(
+            ref["model"], tiny=ref.get("tiny_model", False), seed=ref.get("seed", 0)
+        )
+        return cls(policy, reference.to(dtype), tok, beta=meta["beta"], meta=meta)
+
+
+def write_implicit_meta(path: str | Path, *, beta: float, reference: dict, **extra) -> Path:
+    """Mark a saved policy directory as an implicit reward model (``reward_model.json``,
+    written atomically); ``reference``: ``{"model", "tiny_model", "seed"}`` as ``load_base``
+    takes them."""
+    path = Path(path)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": IMPLICIT,
+        "beta": beta,
+        "reference": reference,
+        **extra,
+    }
+    tmp = path / f".{META_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path / META_FILE)
+    return path
+
+
+def score_pairs(
+    rm: RewardModel | ImplicitRewardModel, pairs: list[Pair], *, batch_size: int = 16
+) -> tuple[Tensor, Tensor]:
+    """Raw rewards [N] of the chosen and of the rejected answers of ``pairs``, without grad."""
+    prompts = [p.prompt for p in pairs]
+    return (
+        rm.score(prompts, [answer_text(p.chosen) for p in pairs], batch_size=batch_size),
+        rm.score(prompts, [answer_text(p.rejected) for p in pairs], batch_size=batch_size),
+    )

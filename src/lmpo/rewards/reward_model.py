@@ -7,20 +7,26 @@ from pathlib import Path
 import torch
 
 from lmpo.core import ENSEMBLES
-from lmpo.models.reward_model import META_FILE, RewardModel, read_meta
+from lmpo.models.reward_model import (
+    META_FILE,
+    ImplicitRewardModel,
+    RewardModel,
+    load_reward_model,
+    read_meta,
+)
 from lmpo.rewards.base import REWARDS, ScoreBatch
 
-_CACHE: dict[tuple[str, int], RewardModel] = {}
+_CACHE: dict[tuple[str, int], RewardModel | ImplicitRewardModel] = {}
 
 
-def load_cached(path: str | Path) -> RewardModel:
+def load_cached(path: str | Path) -> RewardModel | ImplicitRewardModel:
     """Load a reward-model directory once per process (reloaded if it is rewritten)."""
     p = Path(path).resolve()
     key = (str(p), (p / META_FILE).stat().st_mtime_ns)
     if key not in _CACHE:
         for old in [k for k in _CACHE if k[0] == key[0]]:
             del _CACHE[old]
-        _CACHE[key] = RewardModel.load(p)
+        _CACHE[key] = load_reward_model(p)
     return _CACHE[key]
 
 
@@ -40,7 +46,9 @@ def reward_model(
     (``mean``, ``worst_case``, ``uncertainty_weighted``; Coste et al. 2024, "Reward Model
     Ensembles Help Mitigate Overoptimization", arXiv 2310.02743) and ``ensemble_params``
     its keywords (e.g. ``{lam: 0.5}``). ``paths``: directories written by
-    ``train_reward_model`` (``RewardModel.save``), each loaded once per process.
+    ``train_reward_model`` (scalar head) or by a preference run with a reference-based loss
+    (``final/``: the policy's implicit reward ``beta * log pi/pi_ref``), each loaded once per
+    process.
     x is the example's prompt rendered with each member's own chat template.
 
     Departure from the authors' code: ``normalize`` (default True) standardises every member

@@ -57,7 +57,7 @@ from lmpo.data.preference import (
     unpair,
 )
 from lmpo.data.sources import TrainData
-from lmpo.models.logprobs import sequence_logprobs, shared_prefix_logprobs, supports_shared_prefix
+from lmpo.models.logprobs import answer_logprob_sums, pad_token_lists, supports_shared_prefix
 from lmpo.models.policy import (
     Reference,
     apply_lora,
@@ -66,6 +66,7 @@ from lmpo.models.policy import (
     load_base,
     save_final,
 )
+from lmpo.models.reward_model import write_implicit_meta
 from lmpo.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -131,20 +132,14 @@ def answer_logprobs(
     ctx: Context, model, data: PreferenceSet, rows: list[int], branches: list[str]
 ) -> dict[str, Tensor]:
     """Summed answer log-probs [len(rows)] of each branch; a prompt is encoded once for all its answers."""
-    b, K, pad = len(rows), len(branches), ctx.pad_id
-    p_ids, p_mask = _pad([data.prompts[i] for i in rows] * K, pad, left=True)
-    a_ids, a_mask = _pad([data.branches[br][i] for br in branches for i in rows], pad, left=False)
-    if ctx.shared_prefix:
-        groups = torch.arange(b).repeat(K)  # the K answers of row i share its prompt
-        logp, _ = shared_prefix_logprobs(
-            model, p_ids, p_mask, a_ids, a_mask, groups, chunk_size=ctx.cfg.logprob_chunk
-        )
-    else:
-        ids, attn = torch.cat([p_ids, a_ids], 1), torch.cat([p_mask, a_mask], 1)
-        logp, _ = sequence_logprobs(
-            model, ids, attn, p_ids.shape[1], chunk_size=ctx.cfg.logprob_chunk
-        )
-    sums = logp.sum(-1).view(K, b)
+    sums = answer_logprob_sums(
+        model,
+        [data.prompts[i] for i in rows],
+        [[data.branches[br][i] for i in rows] for br in branches],
+        ctx.pad_id,
+        shared_prefix=ctx.shared_prefix,
+        chunk_size=ctx.cfg.logprob_chunk,
+    )
     return {br: sums[k] for k, br in enumerate(branches)}
 
 
@@ -235,18 +230,6 @@ def _chunks(rows: list[int], n: int) -> list[list[int]]:
     return [rows[i : i + n] for i in range(0, len(rows), n)]
 
 
-def _pad(rows: list[list[int]], pad_id: int, *, left: bool) -> tuple[Tensor, Tensor]:
-    """Token lists -> ids and mask [B, L], padded on the left (prompts) or the right (answers)."""
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, r in enumerate(rows):
-        sl = slice(L - len(r), L) if left else slice(0, len(r))
-        ids[i, sl] = torch.tensor(r, dtype=torch.long)
-        mask[i, sl] = 1
-    return ids, mask
-
-
 # ------------------------------------------------------------------------------- evaluation
 
 
@@ -264,6 +247,10 @@ def pair_eval(ctx: Context, step: int) -> dict[str, float]:
     stats = Stats(shift=ctx.shift.mean if ctx.shift is not None else None)
     if ctx.spec.needs_kl:
         stats.kl_logp, stats.kl_ref_logp = lp["kl"], ctx.reference["test/kl"][: len(rows)]
+    if ctx.spec.needs_reference:
+        ctx.eval_rewards = torch.cat(
+            [ctx.beta * (lp[b] - ctx.reference[f"test/{b}"][: len(rows)]) for b in ctx.branches]
+        )
     with torch.no_grad():
         loss, metrics = ctx.loss_fn(
             loss_inputs(ctx, "test", rows, lp, stats), **ctx.cfg.loss.params
@@ -320,6 +307,32 @@ def run_eval(ctx: Context, step: int, log: MetricsLog, bar: StepProgress) -> dic
     return m
 
 
+def write_reward_model_meta(ctx: Context, path: Path) -> None:
+    """Make ``path`` (the saved policy) loadable by ``load_reward_model``: beta, how the
+    reference loads, how answers were tokenized, held-out reward statistics if any."""
+    cfg, r = ctx.cfg, ctx.eval_rewards
+    model = cfg.model
+    if not cfg.tiny_model and Path(model).expanduser().exists():
+        model = str(Path(model).expanduser().resolve())  # a directory: absolute, to load later
+    stats = {}
+    if r is not None and len(r) > 1:
+        stats = {
+            "reward_mean": float(r.mean()),
+            "reward_std": float(r.std()),
+            "stats_on": "held-out rows",
+        }
+    write_implicit_meta(
+        path,
+        beta=ctx.beta,
+        reference={"model": model, "tiny_model": cfg.tiny_model, "seed": cfg.seed},
+        loss=cfg.loss.name,
+        system_prompt=cfg.data.system_prompt,
+        max_prompt_tokens=cfg.data.max_prompt_tokens,
+        max_completion_tokens=cfg.data.max_completion_tokens,
+        **stats,
+    )
+
+
 # ------------------------------------------------------------------------- reference cache
 
 
@@ -353,7 +366,9 @@ def compute_reference(
         if with_embedding:
             data = splits["train"]
             emb = [
-                prompt_embeddings(model, *_pad([data.prompts[i] for i in c], ctx.pad_id, left=True))
+                prompt_embeddings(
+                    model, *pad_token_lists([data.prompts[i] for i in c], ctx.pad_id, left=True)
+                )
                 for c in _chunks(list(range(len(data))), size)
             ]
             out["train/prompt_embedding"] = torch.cat(emb)
@@ -430,6 +445,7 @@ class Context:
     udm: Tensor | None = None
     udm_metrics: dict[str, float] = field(default_factory=dict)
     shift: RunningMean | None = None
+    eval_rewards: Tensor | None = None  # the last held-out implicit rewards (reward-model stats)
 
     @property
     def branches(self) -> list[str]:
@@ -612,6 +628,8 @@ def train_preference(
         final_eval = run_eval(ctx, ctx.total_steps, log, bar)
     log.close()
     save_final(ctx.model, ctx.tokenizer, run_dir / "final")
+    if ctx.spec.needs_reference:  # the policy is also a reward model: its implicit reward
+        write_reward_model_meta(ctx, run_dir / "final")
     plots = plot_metrics(
         run_dir / "metrics.jsonl",
         run_dir,

@@ -29,7 +29,7 @@ from lmpo.core.types import RewardModelInputs
 from lmpo.data.files import DataError
 from lmpo.data.preference import PAIRED, Pair, answer_text, load_preferences, split_held_out
 from lmpo.models.policy import count_trainable, enable_checkpointing, load_base
-from lmpo.models.reward_model import RewardModel
+from lmpo.models.reward_model import RewardModel, score_pairs
 from lmpo.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -40,21 +40,22 @@ from lmpo.train.logging import MetricsLog, StepProgress, plot_metrics
 from lmpo.train.optim import build_optimizer
 
 
+def read_pairs(path: str) -> list[Pair]:
+    """The pairs of a file; a file of unpaired rows fails naming the file."""
+    fmt, rows = load_preferences(path)
+    if fmt != PAIRED:
+        raise DataError(
+            f"{path}: a reward model trains on pairs (prompt/chosen/rejected); "
+            "this file has unpaired rows (prompt/completion/label)"
+        )
+    return rows
+
+
 def load_splits(cfg: RewardModelConfig) -> tuple[list[Pair], list[Pair]]:
     """(train, held-out) pairs; a file of unpaired rows fails naming the file."""
-
-    def read(path: str) -> list[Pair]:
-        fmt, rows = load_preferences(path)
-        if fmt != PAIRED:
-            raise DataError(
-                f"{path}: a reward model trains on pairs (prompt/chosen/rejected); "
-                "this file has unpaired rows (prompt/completion/label)"
-            )
-        return rows
-
-    pairs = read(cfg.train_file)
+    pairs = read_pairs(cfg.train_file)
     if cfg.eval_file:
-        return pairs, read(cfg.eval_file)
+        return pairs, read_pairs(cfg.eval_file)
     f = cfg.eval_fraction
     n = max(1, round(f * len(pairs))) if f > 0 else 0
     return split_held_out(pairs, n, cfg.seed, max_fraction=f)
@@ -127,9 +128,7 @@ def evaluate_pairs(
     raw rewards [2N] (chosen then rejected)."""
     if not pairs:
         return {}, torch.zeros(0)
-    prompts = [p.prompt for p in pairs]
-    rw = rm.score(prompts, [answer_text(p.chosen) for p in pairs], batch_size=cfg.eval_batch_size)
-    rl = rm.score(prompts, [answer_text(p.rejected) for p in pairs], batch_size=cfg.eval_batch_size)
+    rw, rl = score_pairs(rm, pairs, batch_size=cfg.eval_batch_size)
     margins = [p.margin for p in pairs]
     margin = None if all(m is None for m in margins) else torch.tensor([m or 0.0 for m in margins])
     loss, m = REWARD_MODEL_LOSSES.get(cfg.loss.name)(
