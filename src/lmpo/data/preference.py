@@ -336,8 +336,9 @@ def render_answers(
 
 
 class AnswerTokenizer:
-    """Token ids of a prompt and its answers, as ``encode`` makes them (texts cached; counts
-    truncations). Also used to score new answers the same way (``models.reward_model``)."""
+    """Token ids of a prompt and its answers, as ``encode`` makes them (counts truncations).
+    Also scores new answers the same way (``models.reward_model``); ``cache`` keeps every
+    text's ids (a data set repeats prompts; a scorer of fresh samples should not keep them)."""
 
     def __init__(
         self,
@@ -346,8 +347,10 @@ class AnswerTokenizer:
         system_prompt: str | None = None,
         max_prompt_tokens: int | None = None,
         max_completion_tokens: int | None = None,
+        cache: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
+        self.cache = cache
         self.system_prompt = system_prompt
         self.max_prompt_tokens = max_prompt_tokens
         self.max_completion_tokens = max_completion_tokens
@@ -355,9 +358,12 @@ class AnswerTokenizer:
         self._cache: dict[str, list[int]] = {}
 
     def tok(self, text: str) -> list[int]:
-        if text not in self._cache:
-            self._cache[text] = self.tokenizer(text, add_special_tokens=False).input_ids
-        return self._cache[text]
+        if text in self._cache:
+            return self._cache[text]
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if self.cache:
+            self._cache[text] = ids
+        return ids
 
     def __call__(self, prompt, answers: list[list[dict]]) -> tuple[list[int], list[list[int]]]:
         p_text, texts = render_answers(self.tokenizer, prompt, answers, self.system_prompt)

@@ -257,6 +257,7 @@ class ImplicitRewardModel(nn.Module):
             system_prompt=self.meta.get("system_prompt"),
             max_prompt_tokens=self.meta.get("max_prompt_tokens"),
             max_completion_tokens=self.meta.get("max_completion_tokens"),
+            cache=False,  # an online run scores new answers every step
         )
         for p in self.reference.parameters():
             p.requires_grad_(False)
