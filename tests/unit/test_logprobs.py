@@ -342,3 +342,27 @@ def test_attention_variants_the_packed_kernel_lacks_fall_back(tiny, monkeypatch,
         return L._packed_attention(module, q, k, v, mask, **kw, **extra)
 
     _assert_falls_back(tiny, monkeypatch, with_variant, seed=7)
+
+
+def test_answer_logprob_sums_share_repeated_prompts(tiny, monkeypatch):
+    """Rows with the same prompt are one group (one prompt encoding); the sums equal
+    separate [prompt; answer] rows, values and gradients."""
+    import lmpo.models.logprobs as lp
+
+    model, tok = tiny
+    prompts = [tok(p).input_ids for p in ["What is 2+2?", "Q", "What is 2+2?", "Q", "Other"]]
+    answers = [[[5, 6, 7], [8], [9, 10], [11, 12, 13, 14], [15, 16]], [[17], [18, 19], [20], [21], [22, 23]]]
+    seen = []
+    real = lp._pack_groups
+    monkeypatch.setattr(lp, "_pack_groups", lambda *a: seen.append(len(a[-1])) or real(*a))
+    model.zero_grad()
+    got = lp.answer_logprob_sums(model, prompts, answers, tok.pad_token_id)
+    got.sum().backward()
+    g_shared = [p.grad.clone() for p in model.parameters()]
+    assert seen == [3]  # 3 distinct prompts for 5 rows x 2 answers
+    model.zero_grad()
+    want = lp.answer_logprob_sums(model, prompts, answers, tok.pad_token_id, shared_prefix=False)
+    want.sum().backward()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for a, p in zip(g_shared, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)

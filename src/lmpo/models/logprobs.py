@@ -355,15 +355,19 @@ def answer_logprob_sums(
 ) -> Tensor:
     """Summed log-probs [K, B] of answers[k][i] given prompts[i] (token lists).
 
-    With ``shared_prefix`` (and a model that supports it) the K answers of row i share one
-    encoding of its prompt (`shared_prefix_logprobs`); otherwise each [prompt; answer] is
-    its own row (`sequence_logprobs`). Grad flows if enabled.
+    With ``shared_prefix`` (and a model that supports it) every answer to the same prompt
+    (the K answers of row i, and the answers of rows with an identical prompt, such as a
+    group of samples being scored) shares one encoding of it (`shared_prefix_logprobs`);
+    otherwise each [prompt; answer] is its own row (`sequence_logprobs`). Grad flows if
+    enabled.
     """
     b, K = len(prompts), len(answers)
     p_ids, p_mask = pad_token_lists(prompts * K, pad_id, left=True)
     a_ids, a_mask = pad_token_lists([a for branch in answers for a in branch], pad_id, left=False)
     if shared_prefix and supports_shared_prefix(model):
-        groups = torch.arange(b).repeat(K)  # the K answers of row i share its prompt
+        distinct: dict[tuple[int, ...], int] = {}
+        group = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+        groups = torch.tensor(group).repeat(K)
         logp, _ = shared_prefix_logprobs(
             model, p_ids, p_mask, a_ids, a_mask, groups, chunk_size=chunk_size
         )
