@@ -331,9 +331,9 @@ def write_implicit_meta(path: str | Path, *, beta: float, reference: dict, **ext
 def score_pairs(
     rm: RewardModel | ImplicitRewardModel, pairs: list[Pair], *, batch_size: int = 16
 ) -> tuple[Tensor, Tensor]:
-    """Raw rewards [N] of the chosen and of the rejected answers of ``pairs``, without grad."""
-    prompts = [p.prompt for p in pairs]
-    return (
-        rm.score(prompts, [answer_text(p.chosen) for p in pairs], batch_size=batch_size),
-        rm.score(prompts, [answer_text(p.rejected) for p in pairs], batch_size=batch_size),
-    )
+    """Raw rewards [N] of the chosen and of the rejected answers of ``pairs``, without grad.
+    A pair's two answers are scored side by side (one prompt encoding for the implicit kind)."""
+    prompts = [p.prompt for p in pairs for _ in range(2)]
+    answers = [answer_text(a) for p in pairs for a in (p.chosen, p.rejected)]
+    r = rm.score(prompts, answers, batch_size=batch_size)
+    return r[0::2], r[1::2]
