@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from lmpo.data.preference import AnswerTokenizer, Pair, answer_text
 from lmpo.data.prompts import render_prompt
-from lmpo.models.loading import _ensure_pad, save_pretrained_clean
+from lmpo.models.loading import _ensure_pad, load_model, save_pretrained_clean
 from lmpo.models.logprobs import answer_logprob_sums, position_ids_from_mask, unwrap
 from lmpo.rollout.sampler import encode_prompts
 
@@ -293,15 +293,11 @@ class ImplicitRewardModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> ImplicitRewardModel:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from lmpo.models.policy import load_base
 
         path = Path(path)
         meta = read_meta(path)
-        policy = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(str(path))
-        _ensure_pad(tok, policy)
+        policy, tok = load_model(str(path), dtype=dtype)  # the saved policy: a HF directory
         ref = meta["reference"]
         reference, _ = load_base(
             ref["model"], tiny=ref.get("tiny_model", False), seed=ref.get("seed", 0)
