@@ -53,8 +53,18 @@ def _print_summary(summary: dict) -> None:
     t = Table(title="lmpo train")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    keys = ("pair_accuracy_before", "pair_accuracy_after", "accuracy_before", "accuracy_after", "steps",
-            "rounds", "pairs_per_round", "accuracy_per_round", "wall_time_s", "final_model")
+    keys = (
+        "pair_accuracy_before",
+        "pair_accuracy_after",
+        "accuracy_before",
+        "accuracy_after",
+        "steps",
+        "rounds",
+        "pairs_per_round",
+        "accuracy_per_round",
+        "wall_time_s",
+        "final_model",
+    )
     for k in (k for k in keys if k in summary):
         v = summary[k]
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
@@ -79,10 +89,26 @@ def _cmd_eval(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
-    res = evaluate(model, tok, examples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                   system_prompt=args.system_prompt, k=args.k, temperature=args.temperature, seed=args.seed)
-    out = {"model": args.model, "task": name, "n": res.n, "accuracy": res.accuracy,
-           "pass_at_k": res.pass_at_k, "mean_length": res.mean_length, "truncated_frac": res.truncated_frac}
+    res = evaluate(
+        model,
+        tok,
+        examples,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        system_prompt=args.system_prompt,
+        k=args.k,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
+    out = {
+        "model": args.model,
+        "task": name,
+        "n": res.n,
+        "accuracy": res.accuracy,
+        "pass_at_k": res.pass_at_k,
+        "mean_length": res.mean_length,
+        "truncated_frac": res.truncated_frac,
+    }
     from rich.console import Console
     from rich.table import Table
 
@@ -127,8 +153,10 @@ def _cmd_eval_pairs(args) -> int:
     print(json.dumps(out))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        rows = [{"id": p.id, "chosen_reward": float(a), "rejected_reward": float(b)}
-                for p, a, b in zip(pairs, rw, rl, strict=True)]
+        rows = [
+            {"id": p.id, "chosen_reward": float(a), "rejected_reward": float(b)}
+            for p, a, b in zip(pairs, rw, rl, strict=True)
+        ]
         Path(args.out).write_text(json.dumps({**out, "rows": rows}, indent=1))
     return 0
 
@@ -152,7 +180,11 @@ def _cmd_recipes(args) -> int:
         desc = first.lstrip("# ").strip() if first.startswith("#") else ""
         print(f"{name:28s} {desc}")
     if args.show:
-        print(yaml.safe_dump(yaml.safe_load((RECIPES_DIR / f"{args.show}.yaml").read_text()), sort_keys=False))
+        print(
+            yaml.safe_dump(
+                yaml.safe_load((RECIPES_DIR / f"{args.show}.yaml").read_text()), sort_keys=False
+            )
+        )
     return 0
 
 
@@ -335,21 +367,35 @@ def _add_pairs_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmpo", description="Post-train causal language models with policy optimization.")
+    p = argparse.ArgumentParser(
+        prog="lmpo", description="Post-train causal language models with policy optimization."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train with a recipe (default: GRPO on the embedded model)", usage=USAGE_TRAIN)
+    t = sub.add_parser(
+        "train", help="train with a recipe (default: GRPO on the embedded model)", usage=USAGE_TRAIN
+    )
     t.add_argument("items", nargs="*", help="a recipe name or YAML path, then key=value overrides")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    t.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in output_dir"
+    )
     t.add_argument("--output-dir", help="shortcut for output_dir=...")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--dry-run", action="store_true", help="validate and print the config, then stop")
+    t.add_argument(
+        "--dry-run", action="store_true", help="validate and print the config, then stop"
+    )
     t.set_defaults(fn=_cmd_train)
 
     e = sub.add_parser("eval", help="greedy accuracy / pass@k of a model on a task or a file")
-    e.add_argument("--model", default="embedded", help="'embedded', a HF directory (e.g. runs/x/final) or a .gguf")
+    e.add_argument(
+        "--model",
+        default="embedded",
+        help="'embedded', a HF directory (e.g. runs/x/final) or a .gguf",
+    )
     e.add_argument("--task", default="arithmetic", help="built-in task (see `lmpo tasks`)")
-    e.add_argument("--param", action="append", default=[], help="task parameter key=value, e.g. difficulty=2")
+    e.add_argument(
+        "--param", action="append", default=[], help="task parameter key=value, e.g. difficulty=2"
+    )
     e.add_argument("--file", help="JSONL/Parquet with prompt and answer instead of a task")
     e.add_argument("--n", type=int, default=200, help="examples")
     e.add_argument("--k", type=int, default=0, help="also pass@k from k samples per prompt")
@@ -363,9 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=_cmd_eval)
 
     ep = sub.add_parser(
-        "eval-pairs", help="pair accuracy of a saved reward model (scalar head or a DPO policy) on a pair file"
+        "eval-pairs",
+        help="pair accuracy of a saved reward model (scalar head or a DPO policy) on a pair file",
     )
-    ep.add_argument("reward_model", help="a reward-model directory: runs/<rm>/final, or runs/<dpo run>/final")
+    ep.add_argument(
+        "reward_model", help="a reward-model directory: runs/<rm>/final, or runs/<dpo run>/final"
+    )
     ep.add_argument("pairs", help="JSONL/Parquet pairs prompt/chosen/rejected")
     ep.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
     ep.add_argument("--threads", type=int)

@@ -50,7 +50,9 @@ class TaskConfig(Strict):
     """A built-in task (name + params) or user files (train_file/test_file)."""
 
     name: str | None = Field("arithmetic", description="built-in task; see `lmpo tasks`")
-    params: dict[str, Any] = Field(default_factory=dict, description="task parameters, e.g. difficulty")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="task parameters, e.g. difficulty"
+    )
     train_file: str | None = Field(None, description="JSONL/Parquet rows with prompt and answer")
     test_file: str | None = None
     train_size: int = Field(2000, gt=0, description="built-in task: training problems")
@@ -73,7 +75,9 @@ class RewardSpec(Strict):
 class BatchConfig(Strict):
     prompts_per_step: int = Field(8, gt=0)
     completions_per_prompt: int = Field(8, gt=0, description="group size G")
-    minibatch_size: int | None = Field(None, gt=0, description="completions per optimizer step; default: whole rollout batch")
+    minibatch_size: int | None = Field(
+        None, gt=0, description="completions per optimizer step; default: whole rollout batch"
+    )
     micro_batch_size: int = Field(16, gt=0, description="completions per forward/backward")
     inner_epochs: int = Field(1, gt=0)
 
@@ -101,7 +105,9 @@ class SamplingConfigModel(Strict):
 class KLConfig(Strict):
     beta: float = Field(0.0, ge=0, description="0 = no KL term and no reference model loaded")
     estimator: str = "k3"
-    adaptive_target: float | None = Field(None, gt=0, description="target KL for the adaptive controller")
+    adaptive_target: float | None = Field(
+        None, gt=0, description="target KL for the adaptive controller"
+    )
     adaptive_horizon: int = Field(10000, gt=0)
 
 
@@ -126,13 +132,25 @@ class LoraConfig(Strict):
     alpha: float = 32.0
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
     )
 
 
 class EvalConfig(Strict):
-    every: int = Field(0, ge=0, description="held-out eval every N steps (0: only before and after)")
-    size: int | None = Field(None, gt=0, description="test problems per eval (default: task.test_size)")
+    every: int = Field(
+        0, ge=0, description="held-out eval every N steps (0: only before and after)"
+    )
+    size: int | None = Field(
+        None, gt=0, description="test problems per eval (default: task.test_size)"
+    )
     batch_size: int = Field(64, gt=0)
     at_start: bool = True
 
@@ -142,7 +160,9 @@ class RunConfig(Strict):
 
     kind: Literal["online"] = "online"
     model: str = Field("embedded", description="'embedded', a HF directory, or a .gguf file")
-    tiny_model: bool = Field(False, description="tests: a tiny random model with the byte tokenizer")
+    tiny_model: bool = Field(
+        False, description="tests: a tiny random model with the byte tokenizer"
+    )
     task: TaskConfig = Field(default_factory=TaskConfig)
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="correctness")])
     batch: BatchConfig = Field(default_factory=BatchConfig)
@@ -157,8 +177,12 @@ class RunConfig(Strict):
     output_dir: str = "runs/latest"
     checkpoint_every: int = Field(10, ge=0)
     keep_checkpoints: int = Field(2, gt=0)
-    logprob_chunk: int = Field(512, gt=0, description="rows per LM-head chunk; bounds logits memory")
-    shared_prefix: bool = Field(True, description="encode a group's prompt once per micro-batch (same maths)")
+    logprob_chunk: int = Field(
+        512, gt=0, description="rows per LM-head chunk; bounds logits memory"
+    )
+    shared_prefix: bool = Field(
+        True, description="encode a group's prompt once per micro-batch (same maths)"
+    )
     gradient_checkpointing: bool = Field(False, description=CHECKPOINTING)
 
     @field_validator("algorithm")
@@ -231,10 +255,14 @@ def _check_task_params(task, params: dict, where: str = "task") -> None:
     import inspect
 
     sig = inspect.signature(task.make)
-    allowed = {p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY} - {"seed"}
+    allowed = {
+        p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
+    } - {"seed"}
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise ValueError(f"{where}.params: {task.name} does not accept {unknown}; allowed: {sorted(allowed)}")
+        raise ValueError(
+            f"{where}.params: {task.name} does not accept {unknown}; allowed: {sorted(allowed)}"
+        )
 
 
 class ConfigError(ValueError):
@@ -294,7 +322,9 @@ def validate(data: dict, source: str = "config") -> AnyRunConfig:
     kind = data.get("kind", "online")
     cls = RUN_KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ConfigError(f"{source}: kind: unknown run kind {kind!r}; valid: {', '.join(RUN_KINDS)}")
+        raise ConfigError(
+            f"{source}: kind: unknown run kind {kind!r}; valid: {', '.join(RUN_KINDS)}"
+        )
     try:
         return cls.model_validate(data)
     except ValidationError as e:
@@ -384,20 +414,32 @@ def inspect_loss(m: Method) -> LossSpec:
         full = PairedInputs(t(-10, -8), t(-12, -9), t(-11, -8.5), t(-11.5, -9.2), t(5, 4), t(8, 6))
     else:
         desirable = torch.tensor([True, True, False, False])
-        full = UnpairedInputs(t(-10, -8, -12, -9), t(-11, -8.5, -11.5, -9.6), desirable,
-                              t(-15, -14, -13, -16), t(-15.4, -14.1, -13.3, -15.8))
+        full = UnpairedInputs(
+            t(-10, -8, -12, -9),
+            t(-11, -8.5, -11.5, -9.6),
+            desirable,
+            t(-15, -14, -13, -16),
+            t(-15.4, -14.1, -13.3, -15.8),
+        )
     base = call(full)
     if isinstance(base, Exception):
         raise ValueError(f"params rejected: {base}")
     if kind == "paired":
         no_ref = call(dataclasses.replace(full, ref_chosen_logp=None, ref_rejected_logp=None))
-        return LossSpec(name=m.name, kind=kind, params=dict(m.params), needs_reference=isinstance(no_ref, Exception))
+        return LossSpec(
+            name=m.name,
+            kind=kind,
+            params=dict(m.params),
+            needs_reference=isinstance(no_ref, Exception),
+        )
     return LossSpec(
         name=m.name,
         kind=kind,
         params=dict(m.params),
         needs_reference=True,  # UnpairedInputs.ref_logp is required
-        needs_kl=isinstance(call(dataclasses.replace(full, kl_logp=None, kl_ref_logp=None)), Exception),
+        needs_kl=isinstance(
+            call(dataclasses.replace(full, kl_logp=None, kl_ref_logp=None)), Exception
+        ),
         uses_shift=call(dataclasses.replace(full, shift=0.5)) != base,
         uses_weights=call(dataclasses.replace(full, weights=t(2, 2, 2, 2))) != base,
     )
@@ -407,17 +449,31 @@ class PreferenceDataConfig(Strict):
     """Preference rows: paired prompt/chosen/rejected (strings or chat messages, or message lists
     with an implicit prompt) or unpaired prompt/completion/label; see ``lmpo.data.preference``."""
 
-    train_file: str = Field(description="JSONL/Parquet file; 'lmpo:NAME' = an example file shipped with lmpo")
-    test_file: str | None = Field(None, description="held-out rows (default: test_size rows of train_file)")
-    test_size: int = Field(64, ge=0, description="without test_file: rows held out by prompt (at most 1/5); 0 = none")
-    system_prompt: str | None = Field(None, description="prepended as a system message when a prompt has none")
+    train_file: str = Field(
+        description="JSONL/Parquet file; 'lmpo:NAME' = an example file shipped with lmpo"
+    )
+    test_file: str | None = Field(
+        None, description="held-out rows (default: test_size rows of train_file)"
+    )
+    test_size: int = Field(
+        64, ge=0, description="without test_file: rows held out by prompt (at most 1/5); 0 = none"
+    )
+    system_prompt: str | None = Field(
+        None, description="prepended as a system message when a prompt has none"
+    )
     max_prompt_tokens: int = Field(512, gt=0, description="longer prompts keep their last tokens")
-    max_completion_tokens: int = Field(512, gt=0, description="longer answers keep their first tokens")
+    max_completion_tokens: int = Field(
+        512, gt=0, description="longer answers keep their first tokens"
+    )
 
 
 class PreferenceBatchConfig(Strict):
-    pairs_per_step: int = Field(8, gt=0, description="pairs per optimizer step (unpaired losses: examples)")
-    micro_batch_size: int = Field(4, gt=0, description="pairs (examples) per forward/backward; memory only")
+    pairs_per_step: int = Field(
+        8, gt=0, description="pairs per optimizer step (unpaired losses: examples)"
+    )
+    micro_batch_size: int = Field(
+        4, gt=0, description="pairs (examples) per forward/backward; memory only"
+    )
 
 
 class UDMConfig(Strict):
@@ -428,22 +484,34 @@ class UDMConfig(Strict):
     enabled: bool = False
     min_ratio: float = Field(0.5, gt=0)
     max_ratio: float = Field(10.0, gt=0)
-    prompt_sample_size: int = Field(1024, gt=0, description="prompts per class the classifier is fitted on")
+    prompt_sample_size: int = Field(
+        1024, gt=0, description="prompts per class the classifier is fitted on"
+    )
     l2: float = Field(1.0, ge=0, description="L2 penalty of the classifier (sklearn's 1/C)")
 
     @model_validator(mode="after")
     def _ratios(self):
         if self.min_ratio > self.max_ratio:
-            raise ValueError(f"udm.min_ratio={self.min_ratio} must not exceed udm.max_ratio={self.max_ratio}")
+            raise ValueError(
+                f"udm.min_ratio={self.min_ratio} must not exceed udm.max_ratio={self.max_ratio}"
+            )
         return self
 
 
 class PreferenceEvalConfig(Strict):
-    every: int = Field(0, ge=0, description="held-out eval every N steps (0: only before and after)")
+    every: int = Field(
+        0, ge=0, description="held-out eval every N steps (0: only before and after)"
+    )
     at_start: bool = True
     size: int | None = Field(None, gt=0, description="held-out rows per eval (default: all)")
-    batch_size: int = Field(8, gt=0, description="rows per no-grad forward (held-out eval, reference pass); prompts per generate call")
-    task: TaskConfig | None = Field(None, description="also greedy accuracy on this task's test split (or file)")
+    batch_size: int = Field(
+        8,
+        gt=0,
+        description="rows per no-grad forward (held-out eval, reference pass); prompts per generate call",
+    )
+    task: TaskConfig | None = Field(
+        None, description="also greedy accuracy on this task's test split (or file)"
+    )
     max_new_tokens: int = Field(64, gt=0, description="answer length for the task accuracy")
 
 
@@ -453,8 +521,13 @@ class PreferenceConfig(Strict):
 
     kind: Literal["preference"] = "preference"
     model: str = Field("embedded", description="'embedded', a HF directory, or a .gguf file")
-    tiny_model: bool = Field(False, description="tests: a tiny random model with the byte tokenizer")
-    loss: Method = Field(default_factory=lambda: Method(name="dpo"), description="see `lmpo recipes`; beta is a loss param")
+    tiny_model: bool = Field(
+        False, description="tests: a tiny random model with the byte tokenizer"
+    )
+    loss: Method = Field(
+        default_factory=lambda: Method(name="dpo"),
+        description="see `lmpo recipes`; beta is a loss param",
+    )
     data: PreferenceDataConfig
     batch: PreferenceBatchConfig = Field(default_factory=PreferenceBatchConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -468,8 +541,12 @@ class PreferenceConfig(Strict):
     output_dir: str = "runs/latest"
     checkpoint_every: int = Field(10, ge=0)
     keep_checkpoints: int = Field(2, gt=0)
-    logprob_chunk: int = Field(512, gt=0, description="rows per LM-head chunk; bounds logits memory")
-    shared_prefix: bool = Field(True, description="encode a prompt once for all its answers (same maths)")
+    logprob_chunk: int = Field(
+        512, gt=0, description="rows per LM-head chunk; bounds logits memory"
+    )
+    shared_prefix: bool = Field(
+        True, description="encode a prompt once for all its answers (same maths)"
+    )
     gradient_checkpointing: bool = Field(False, description=CHECKPOINTING)
 
     @field_validator("loss")
@@ -518,7 +595,10 @@ class RewardModelConfig(Strict):
         None, description="held-out pairs; default: eval_fraction of the pairs, by prompt"
     )
     eval_fraction: float = Field(
-        0.1, ge=0, lt=1, description="about this fraction of the pairs (whole prompts) is held out when eval_file is unset"
+        0.1,
+        ge=0,
+        lt=1,
+        description="about this fraction of the pairs (whole prompts) is held out when eval_file is unset",
     )
     loss: Method = Field(default_factory=lambda: Method(name="bradley_terry"))
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -530,12 +610,16 @@ class RewardModelConfig(Strict):
     )
     gradient_checkpointing: bool = Field(False, description=CHECKPOINTING)
     head_lr: float | None = Field(
-        None, gt=0, description="learning rate of the scalar head (default: optim.lr); a fresh "
-        "head moves only ~lr per Adam step, so short runs need it larger than the backbone's"
+        None,
+        gt=0,
+        description="learning rate of the scalar head (default: optim.lr); a fresh "
+        "head moves only ~lr per Adam step, so short runs need it larger than the backbone's",
     )
     head_init_std: float | None = Field(
-        None, ge=0, description="std of the head's initial weights (default 1/sqrt(hidden)); "
-        "small values start every reward near 0 instead of at a random projection"
+        None,
+        ge=0,
+        description="std of the head's initial weights (default 1/sqrt(hidden)); "
+        "small values start every reward near 0 instead of at a random projection",
     )
     eval_every: int = Field(
         0, ge=0, description="held-out eval every N steps (0: only before and after)"
@@ -570,13 +654,17 @@ class RewardModelConfig(Strict):
 # * ``preference.batch.*``       as in a preference run, over the round's pairs.
 
 
-def _section(name: str, source: type[BaseModel], drop: set[str], doc: str, **replace) -> type[Strict]:
+def _section(
+    name: str, source: type[BaseModel], drop: set[str], doc: str, **replace
+) -> type[Strict]:
     """A config section with the fields of ``source`` minus ``drop``, so each field (type,
     default, bounds, description) is defined once; ``replace`` overrides (type, Field) pairs.
     ``source``'s validators are not copied: ``preference_run`` validates the whole run."""
     import copy
 
-    fields = {k: (f.annotation, copy.deepcopy(f)) for k, f in source.model_fields.items() if k not in drop}
+    fields = {
+        k: (f.annotation, copy.deepcopy(f)) for k, f in source.model_fields.items() if k not in drop
+    }
     return create_model(name, __base__=Strict, __doc__=doc, **{**fields, **replace})
 
 
@@ -585,7 +673,14 @@ IterativeDataConfig = _section(
     PreferenceDataConfig,
     {"train_file", "test_file", "system_prompt"},
     "Tokenization of a round's pairs (the files are written by the loop).",
-    test_size=(int, Field(0, ge=0, description="a round's pairs held out by prompt for pair accuracy (at most 1/5); 0 = none")),
+    test_size=(
+        int,
+        Field(
+            0,
+            ge=0,
+            description="a round's pairs held out by prompt for pair accuracy (at most 1/5); 0 = none",
+        ),
+    ),
 )
 IterativePreferenceConfig = _section(
     "IterativePreferenceConfig",
@@ -608,13 +703,19 @@ class IterativePairsConfig(Strict):
     """A round's preference data (``lmpo.data.pairs``): k answers per prompt sampled from the
     current policy and scored; the best good answer is paired with the worst bad one."""
 
-    prompts_per_round: int = Field(64, gt=0, description="fresh train-split prompts per round, disjoint across rounds")
+    prompts_per_round: int = Field(
+        64, gt=0, description="fresh train-split prompts per round, disjoint across rounds"
+    )
     k: int = Field(8, ge=2, description="answers sampled per prompt")
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(64, gt=0)
-    pairs_per_prompt: int = Field(1, gt=0, description="up to this many pairs per prompt with good and bad answers")
+    pairs_per_prompt: int = Field(
+        1, gt=0, description="up to this many pairs per prompt with good and bad answers"
+    )
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="correctness")])
-    threshold: float | None = Field(None, description="good = total reward >= threshold (default: the task's answer check)")
+    threshold: float | None = Field(
+        None, description="good = total reward >= threshold (default: the task's answer check)"
+    )
     batch_size: int = Field(64, gt=0, description="completions per generate call")
 
     @field_validator("rewards")
@@ -625,7 +726,9 @@ class IterativePairsConfig(Strict):
 
 class IterativeEvalConfig(Strict):
     at_start: bool = Field(True, description="also the starting model's accuracy (before round 0)")
-    size: int | None = Field(None, gt=0, description="test problems per eval (default: task.test_size)")
+    size: int | None = Field(
+        None, gt=0, description="test problems per eval (default: task.test_size)"
+    )
     batch_size: int = Field(64, gt=0, description="prompts per generate call")
     max_new_tokens: int = Field(64, gt=0)
 
@@ -636,9 +739,15 @@ class IterativeConfig(Strict):
     ones, and trains a preference loss whose reference is the round's starting model."""
 
     kind: Literal["iterative"] = "iterative"
-    model: str = Field("embedded", description="round 0's model: 'embedded', a HF directory, or a .gguf file")
-    tiny_model: bool = Field(False, description="tests: a tiny random model with the byte tokenizer")
-    task: TaskConfig = Field(default_factory=TaskConfig, description="train split: the prompts; test split: the eval")
+    model: str = Field(
+        "embedded", description="round 0's model: 'embedded', a HF directory, or a .gguf file"
+    )
+    tiny_model: bool = Field(
+        False, description="tests: a tiny random model with the byte tokenizer"
+    )
+    task: TaskConfig = Field(
+        default_factory=TaskConfig, description="train split: the prompts; test split: the eval"
+    )
     rounds: int = Field(3, gt=0)
     pairs: IterativePairsConfig = Field(default_factory=IterativePairsConfig)
     preference: IterativePreferenceConfig = Field(default_factory=IterativePreferenceConfig)
@@ -667,7 +776,9 @@ class IterativeConfig(Strict):
             )
         return self
 
-    def round_config(self, r: int, train_file: str, model: str, tiny_model: bool) -> PreferenceConfig:
+    def round_config(
+        self, r: int, train_file: str, model: str, tiny_model: bool
+    ) -> PreferenceConfig:
         """Round r's preference run: started from ``model``, which is also its reference."""
         return preference_run(
             self.preference,

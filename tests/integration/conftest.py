@@ -11,7 +11,12 @@ def write_recipe(tmp_path: Path, **overrides) -> Path:
     """A seconds-long recipe on the tiny random model; rewards that vary so updates happen."""
     data = {
         "tiny_model": True,
-        "task": {"name": "arithmetic", "train_size": 40, "test_size": 4, "params": {"style": "bare"}},
+        "task": {
+            "name": "arithmetic",
+            "train_size": 40,
+            "test_size": 4,
+            "params": {"style": "bare"},
+        },
         "rewards": [{"name": "user_rewards:vowel_count", "weight": 1.0}],
         "batch": {"prompts_per_step": 2, "completions_per_prompt": 3, "micro_batch_size": 4},
         "sampling": {"max_new_tokens": 6},

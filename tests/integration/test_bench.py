@@ -16,11 +16,34 @@ from lmpo.bench.run import gemm_peak, run_bench
 
 pytestmark = pytest.mark.integration
 HAS_TRL = importlib.util.find_spec("trl") is not None
-STEP_KEYS = ("step_s", "generate_s", "score_s", "reference_s", "train_s", "other_s", "prompt_tokens",
-             "generated_tokens", "tokens", "peak_rss_mb")
-SUMMARY_KEYS = ("step_s", "generate_s", "reference_s", "train_s", "other_s", "tokens_per_s",
-                "generated_tokens_per_s", "peak_rss_mb", "train_gflops", "train_flop_utilisation",
-                "params", "setup_s", "rss_after_setup_mb", "ref_once_s")
+STEP_KEYS = (
+    "step_s",
+    "generate_s",
+    "score_s",
+    "reference_s",
+    "train_s",
+    "other_s",
+    "prompt_tokens",
+    "generated_tokens",
+    "tokens",
+    "peak_rss_mb",
+)
+SUMMARY_KEYS = (
+    "step_s",
+    "generate_s",
+    "reference_s",
+    "train_s",
+    "other_s",
+    "tokens_per_s",
+    "generated_tokens_per_s",
+    "peak_rss_mb",
+    "train_gflops",
+    "train_flop_utilisation",
+    "params",
+    "setup_s",
+    "rss_after_setup_mb",
+    "ref_once_s",
+)
 
 
 def test_gemm_peak_is_a_positive_rate():
@@ -37,13 +60,23 @@ def _check_side(config: dict, tool: str, kind: str, n_steps: int = 1) -> dict:
         assert all(key in r for r in raw["steps"]), key
     for key in SUMMARY_KEYS:
         assert key in s, key
-    for key in ("step_s", "train_s", "tokens_per_s", "peak_rss_mb", "train_gflops", "train_flop_utilisation",
-                "params", "rss_after_setup_mb"):
+    for key in (
+        "step_s",
+        "train_s",
+        "tokens_per_s",
+        "peak_rss_mb",
+        "train_gflops",
+        "train_flop_utilisation",
+        "params",
+        "rss_after_setup_mb",
+    ):
         assert s[key] > 0, (tool, key, s[key])
     if kind == "grpo":
         assert s["generate_s"] > 0 and s["generated_tokens_per_step"] > 0
     # peak RSS: the largest over every step and process of the tool
-    assert s["peak_rss_mb"] == max([r["peak_rss_mb"] for r in raw["steps"]] + [raw.get("final_peak_rss_mb", 0.0)])
+    assert s["peak_rss_mb"] == max(
+        [r["peak_rss_mb"] for r in raw["steps"]] + [raw.get("final_peak_rss_mb", 0.0)]
+    )
     return s
 
 
@@ -56,7 +89,9 @@ def _check_rounds(config: dict, tool: str, steps: int, rounds: int) -> None:
     for r in raw["rounds"]:
         assert r["status"] == "ok" and r["measured_steps"] == steps and r["setup"]["setup_s"] > 0
         assert r["first_step"] == (r["round"] - 1) * per_round + 1 == r["warmup"]["step"]
-    expected = [(r, (r - 1) * per_round + 1 + i) for r in range(1, rounds + 1) for i in range(1, per_round)]
+    expected = [
+        (r, (r - 1) * per_round + 1 + i) for r in range(1, rounds + 1) for i in range(1, per_round)
+    ]
     assert [(rec["round"], rec["step"]) for rec in raw["steps"]] == expected
     assert raw["final_peak_rss_mb"] == max(r["final_peak_rss_mb"] for r in raw["rounds"])
 
@@ -64,13 +99,30 @@ def _check_rounds(config: dict, tool: str, steps: int, rounds: int) -> None:
 def test_bench_cli_lmpo_reports_every_field_and_trl_as_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(bench_run, "trl_installed", lambda: False)
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    argv = ["bench", "--configs", "test-grpo,test-dpo", "--steps", "1", "--threads", "1",
-            "--out", str(out), "--markdown", str(md), "--workdir", str(tmp_path / "work")]
+    argv = [
+        "bench",
+        "--configs",
+        "test-grpo,test-dpo",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--markdown",
+        str(md),
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     assert cli.main(argv) == 0
     res = json.loads(out.read_text())
     assert res["gemm"]["best_gflops"] > 0 and res["meta"]["threads"] == 1
     # the default: 2 rounds, one process per tool and round
-    assert (res["meta"]["alternate"], res["meta"]["rounds"], res["meta"]["measured_steps_per_tool"]) == ("rounds", 2, 2)
+    assert (
+        res["meta"]["alternate"],
+        res["meta"]["rounds"],
+        res["meta"]["measured_steps_per_tool"],
+    ) == ("rounds", 2, 2)
     grpo, dpo = res["configs"]
     assert (grpo["config"], dpo["config"]) == ("test-grpo", "test-dpo")
     _check_side(grpo, "lmpo", "grpo", n_steps=2)
@@ -83,7 +135,9 @@ def test_bench_cli_lmpo_reports_every_field_and_trl_as_missing(tmp_path, monkeyp
     for c in (grpo, dpo):
         assert c["status"]["trl"]["status"] == "not installed" and c["ratios"] == {}
     assert "not installed" in capsys.readouterr().out
-    assert "| test-grpo | lmpo |" in md.read_text() and "2 rounds x 1 steps per tool" in md.read_text()
+    assert (
+        "| test-grpo | lmpo |" in md.read_text() and "2 rounds x 1 steps per tool" in md.read_text()
+    )
 
 
 def test_bench_unknown_config_names_the_valid_ones(capsys):
@@ -112,43 +166,71 @@ def _only_one_alive(monkeypatch) -> list[tuple[str, str]]:
 def test_bench_rounds_one_process_at_a_time_and_the_same_prompts(tmp_path, monkeypatch):
     started = _only_one_alive(monkeypatch)
     out = tmp_path / "bench.json"
-    res = run_bench(["test-grpo-kl", "test-dpo"], steps=2, rounds=2, threads=1, out=out,
-                    workdir=tmp_path / "work", gemm_sizes=(64,), log=lambda *_: None)
+    res = run_bench(
+        ["test-grpo-kl", "test-dpo"],
+        steps=2,
+        rounds=2,
+        threads=1,
+        out=out,
+        workdir=tmp_path / "work",
+        gemm_sizes=(64,),
+        log=lambda *_: None,
+    )
     assert json.loads(out.read_text())["configs"][0]["config"] == "test-grpo-kl"
     assert (res["meta"]["alternate"], res["meta"]["rounds"]) == ("rounds", 2)
     # odd rounds lmpo first, even rounds TRL first
     assert [(t, n.split("-")[-1]) for t, n in started] == [
-        ("lmpo", "round1"), ("trl", "round1"), ("trl", "round2"), ("lmpo", "round2")] * 2
+        ("lmpo", "round1"),
+        ("trl", "round1"),
+        ("trl", "round2"),
+        ("lmpo", "round2"),
+    ] * 2
     grpo, dpo = res["configs"]
     for c, kind in ((grpo, "grpo"), (dpo, "dpo")):
         for tool in ("lmpo", "trl"):
             _check_side(c, tool, kind, n_steps=4)
             _check_rounds(c, tool, steps=2, rounds=2)
-        assert set(c["ratios"]) == {"throughput_lmpo_over_trl", "step_time_lmpo_over_trl",
-                                    "peak_rss_lmpo_over_trl"}
+        assert set(c["ratios"]) == {
+            "throughput_lmpo_over_trl",
+            "step_time_lmpo_over_trl",
+            "peak_rss_lmpo_over_trl",
+        }
         assert all(v > 0 for v in c["ratios"].values())
         lmpo_steps, trl_steps = c["raw"]["lmpo"]["steps"], c["raw"]["trl"]["steps"]
         # identical data: the same prompt tokens at the same data step on both sides, every round
         assert [(r["step"], r["prompt_tokens"]) for r in lmpo_steps] == [
-            (r["step"], r["prompt_tokens"]) for r in trl_steps]
+            (r["step"], r["prompt_tokens"]) for r in trl_steps
+        ]
         warm = [c["raw"][t]["rounds"][1]["warmup"] for t in ("lmpo", "trl")]
         assert warm[0]["prompt_tokens"] == warm[1]["prompt_tokens"]
     # beta > 0: both sides spend time on reference log-probs during the step
     assert grpo["summary"]["lmpo"]["reference_s"] > 0 and grpo["summary"]["trl"]["reference_s"] > 0
     # DPO: TRL (default) runs its reference model every step; the pairs are encoded alike
     assert dpo["summary"]["trl"]["reference_s"] > 0
-    assert [r["tokens"] for r in dpo["raw"]["lmpo"]["steps"]] == [r["tokens"] for r in dpo["raw"]["trl"]["steps"]]
+    assert [r["tokens"] for r in dpo["raw"]["lmpo"]["steps"]] == [
+        r["tokens"] for r in dpo["raw"]["trl"]["steps"]
+    ]
     trl_args = grpo["raw"]["trl"]["setup"]["trl_args"]
     assert trl_args["generation_batch_size"] == trl_args["per_device_train_batch_size"] == 4
     assert trl_args["gradient_checkpointing"] is False and trl_args["dtype"] == "torch.float32"
-    assert trl_args["checkpointing"] is False and grpo["raw"]["lmpo"]["setup"]["checkpointing"] is False
+    assert (
+        trl_args["checkpointing"] is False
+        and grpo["raw"]["lmpo"]["setup"]["checkpointing"] is False
+    )
 
 
 @pytest.mark.skipif(not HAS_TRL, reason='trl is not installed (pip install -e ".[bench]")')
 def test_bench_checkpointing_spec_turns_it_on_for_both_tools(tmp_path):
     """A spec's gradient_checkpointing reaches both configs, and both models' layers checkpoint."""
-    res = run_bench(["test-grpo-ckpt", "test-dpo-ckpt"], steps=1, rounds=1, threads=1,
-                    workdir=tmp_path / "work", gemm_sizes=(64,), log=lambda *_: None)
+    res = run_bench(
+        ["test-grpo-ckpt", "test-dpo-ckpt"],
+        steps=1,
+        rounds=1,
+        threads=1,
+        workdir=tmp_path / "work",
+        gemm_sizes=(64,),
+        log=lambda *_: None,
+    )
     for c, kind in zip(res["configs"], ("grpo", "dpo"), strict=True):
         for tool in ("lmpo", "trl"):
             _check_side(c, tool, kind)
@@ -160,9 +242,21 @@ def test_bench_checkpointing_spec_turns_it_on_for_both_tools(tmp_path):
 
 @pytest.mark.skipif(not HAS_TRL, reason='trl is not installed (pip install -e ".[bench]")')
 def test_bench_steps_mode_keeps_both_alive_and_alternates_steps(tmp_path):
-    res = run_bench(["test-grpo"], steps=2, alternate="steps", rounds=3, threads=1, workdir=tmp_path / "work",
-                    gemm_sizes=(64,), log=lambda *_: None)
-    assert (res["meta"]["alternate"], res["meta"]["rounds"], res["meta"]["measured_steps_per_tool"]) == ("steps", 1, 2)
+    res = run_bench(
+        ["test-grpo"],
+        steps=2,
+        alternate="steps",
+        rounds=3,
+        threads=1,
+        workdir=tmp_path / "work",
+        gemm_sizes=(64,),
+        log=lambda *_: None,
+    )
+    assert (
+        res["meta"]["alternate"],
+        res["meta"]["rounds"],
+        res["meta"]["measured_steps_per_tool"],
+    ) == ("steps", 1, 2)
     (grpo,) = res["configs"]
     for tool in ("lmpo", "trl"):
         _check_side(grpo, tool, "grpo", n_steps=2)
@@ -190,8 +284,19 @@ def test_bench_worker_killed_is_reported_not_fatal(tmp_path, monkeypatch, oom_co
 
     monkeypatch.setattr(bench_run.Worker, "step", kill_after_warmup)
     out = tmp_path / "bench.json"
-    argv = ["bench", "--configs", "test-grpo", "--steps", "1", "--threads", "1", "--out", str(out),
-            "--workdir", str(tmp_path / "work")]
+    argv = [
+        "bench",
+        "--configs",
+        "test-grpo",
+        "--steps",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     assert cli.main(argv) == 1  # a failed side fails the command, after writing the results
     (grpo,) = json.loads(out.read_text())["configs"]
     status, raw = grpo["status"]["lmpo"], grpo["raw"]["lmpo"]
@@ -199,6 +304,8 @@ def test_bench_worker_killed_is_reported_not_fatal(tmp_path, monkeypatch, oom_co
         assert status["status"] == "out of memory" and "OOM killer" in status["message"]
     else:
         assert status["status"] == "killed" and "no OOM kill was recorded" in status["message"]
-    assert re.search(r"round 1: killed by .*SIGKILL.*exit -9.* after data step 1", status["message"])
+    assert re.search(
+        r"round 1: killed by .*SIGKILL.*exit -9.* after data step 1", status["message"]
+    )
     assert [r["round"] for r in raw["rounds"]] == [1] and raw["steps"] == []  # round 2 not run
     assert raw["warmup"]["step"] == 1 and grpo["summary"]["lmpo"] == {}

@@ -28,7 +28,10 @@ def _same_step(ctx_off, ctx_on, m_off: dict, m_on: dict) -> None:
     for k in m_off:
         if not k.startswith(VOLATILE):
             assert m_on[k] == pytest.approx(m_off[k], rel=1e-5, abs=1e-6), k
-    params_off, params_on = dict(ctx_off.model.named_parameters()), dict(ctx_on.model.named_parameters())
+    params_off, params_on = (
+        dict(ctx_off.model.named_parameters()),
+        dict(ctx_on.model.named_parameters()),
+    )
     assert params_off.keys() == params_on.keys()
     n_grads = 0
     for k, p in params_off.items():
@@ -47,9 +50,16 @@ def test_online_step_equals_without_checkpointing(recipe, tmp_path, lora):
     """With a KL term, so the reference forward (a frozen copy; LoRA: adapters off) runs too."""
     ctxs, metrics = {}, {}
     for ckpt in (False, True):
-        cfg = load_config(str(recipe()), [f"gradient_checkpointing={str(ckpt).lower()}", "algorithm.kl.beta=0.04",
-                                          f"lora.enabled={str(lora).lower()}", "lora.r=4",
-                                          f"output_dir={tmp_path / str(ckpt)}"])
+        cfg = load_config(
+            str(recipe()),
+            [
+                f"gradient_checkpointing={str(ckpt).lower()}",
+                "algorithm.kl.beta=0.04",
+                f"lora.enabled={str(lora).lower()}",
+                "lora.r=4",
+                f"output_dir={tmp_path / str(ckpt)}",
+            ],
+        )
         ctx = online.build_context(cfg)
         assert checkpointing_enabled(ctx.model) == ckpt and ctx.shared_prefix
         _padded_rows(ctx.model)
@@ -62,21 +72,35 @@ def test_online_step_equals_without_checkpointing(recipe, tmp_path, lora):
 
 
 def _preference_cfg(tmp_path, name: str, **kw):
-    rows = [{"prompt": f"{a}+{b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1}!"}
-            for a in range(1, 4) for b in range(2, 5)]
+    rows = [
+        {"prompt": f"{a}+{b}?", "chosen": f"{a + b}", "rejected": f"{a + b + 1}!"}
+        for a in range(1, 4)
+        for b in range(2, 5)
+    ]
     f = tmp_path / "pairs.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return validate({"kind": "preference", "tiny_model": True, "loss": {"name": "dpo", "params": {"beta": 0.1}},
-                     "data": {"train_file": str(f), "test_size": 0},
-                     "batch": {"pairs_per_step": 4, "micro_batch_size": 2}, "optim": {"lr": 1e-2},
-                     "steps": 2, "output_dir": str(tmp_path / name), **kw})
+    return validate(
+        {
+            "kind": "preference",
+            "tiny_model": True,
+            "loss": {"name": "dpo", "params": {"beta": 0.1}},
+            "data": {"train_file": str(f), "test_size": 0},
+            "batch": {"pairs_per_step": 4, "micro_batch_size": 2},
+            "optim": {"lr": 1e-2},
+            "steps": 2,
+            "output_dir": str(tmp_path / name),
+            **kw,
+        }
+    )
 
 
 @pytest.mark.parametrize("shared_prefix", [True, False])
 def test_preference_step_equals_without_checkpointing(tmp_path, shared_prefix):
     ctxs, metrics = {}, {}
     for ckpt in (False, True):
-        cfg = _preference_cfg(tmp_path, str(ckpt), gradient_checkpointing=ckpt, shared_prefix=shared_prefix)
+        cfg = _preference_cfg(
+            tmp_path, str(ckpt), gradient_checkpointing=ckpt, shared_prefix=shared_prefix
+        )
         ctx = offline.build_context(cfg)
         assert checkpointing_enabled(ctx.model) == ckpt and ctx.shared_prefix == shared_prefix
         _padded_rows(ctx.model)
@@ -91,10 +115,19 @@ def test_reward_model_step_equals_without_checkpointing(tmp_path):
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = {}
     for ckpt in (False, True):
-        cfg = rmtrain.RewardModelConfig.model_validate({
-            "tiny_model": True, "train_file": str(f), "eval_fraction": 0.0, "batch_size": 4,
-            "micro_batch_size": 2, "max_length": 64, "optim": {"lr": 1e-3},
-            "gradient_checkpointing": ckpt, "output_dir": str(tmp_path / str(ckpt))})
+        cfg = rmtrain.RewardModelConfig.model_validate(
+            {
+                "tiny_model": True,
+                "train_file": str(f),
+                "eval_fraction": 0.0,
+                "batch_size": 4,
+                "micro_batch_size": 2,
+                "max_length": 64,
+                "optim": {"lr": 1e-3},
+                "gradient_checkpointing": ckpt,
+                "output_dir": str(tmp_path / str(ckpt)),
+            }
+        )
         rm = rmtrain.build_reward_model(cfg)
         assert checkpointing_enabled(rm) == ckpt
         optimizer, _ = build_optimizer(rm, cfg.optim, 1)

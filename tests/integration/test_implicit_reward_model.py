@@ -80,7 +80,10 @@ def test_reward_function_standardises_implicit_rewards(dpo_run):
     rm = load_reward_model(run / "final")
     ex = Example(id="a", prompt=[{"role": "user", "content": "2+3?"}], answer="5")
     batch = ScoreBatch(
-        completions=["5", "6!"], examples=[ex, ex], lengths=[1, 2], truncated=[False] * 2,
+        completions=["5", "6!"],
+        examples=[ex, ex],
+        lengths=[1, 2],
+        truncated=[False] * 2,
         max_new_tokens=8,
     )
     raw = rm.score([ex.prompt] * 2, ["5", "6!"])
@@ -102,7 +105,9 @@ def test_bad_reward_model_kinds_fail_naming_the_file(dpo_run, tmp_path):
     d.mkdir()
     (d / "config.json").write_text("{}")
     (d / META_FILE).write_text(json.dumps({**meta, "kind": "telepathic"}))
-    with pytest.raises(ValueError, match=rf"{d / META_FILE}: unknown reward-model kind 'telepathic'"):
+    with pytest.raises(
+        ValueError, match=rf"{d / META_FILE}: unknown reward-model kind 'telepathic'"
+    ):
         load_reward_model(d)
     (d / META_FILE).write_text(json.dumps({k: v for k, v in meta.items() if k != "beta"}))
     with pytest.raises(ValueError, match=r"implicit reward model without \['beta'\]"):

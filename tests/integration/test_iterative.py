@@ -25,7 +25,12 @@ def recipe(tmp_path: Path, name: str = "it", **overrides) -> Path:
     data = {
         "kind": "iterative",
         "tiny_model": True,
-        "task": {"name": "arithmetic", "params": {"style": "bare"}, "train_size": 12, "test_size": 4},
+        "task": {
+            "name": "arithmetic",
+            "params": {"style": "bare"},
+            "train_size": 12,
+            "test_size": 4,
+        },
         "rounds": 2,
         "pairs": {
             "prompts_per_round": 4,
@@ -67,7 +72,10 @@ def differ(a: dict, b: dict) -> bool:
 
 
 def rounds(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in read_metrics(run / "rounds.jsonl")]
+    return [
+        {k: v for k, v in r.items() if k != "wall_time_s"}
+        for r in read_metrics(run / "rounds.jsonl")
+    ]
 
 
 def test_two_rounds_end_to_end(tmp_path, capsys):
@@ -87,14 +95,26 @@ def test_two_rounds_end_to_end(tmp_path, capsys):
     assert ids[0] and ids[1] and not ids[0] & ids[1]
     # the weights move in every round
     finals = [run / f"round-{i}" / "train" / "final" for i in (0, 1)]
-    assert differ(weights(None), weights(finals[0])) and differ(weights(finals[0]), weights(finals[1]))
+    assert differ(weights(None), weights(finals[0])) and differ(
+        weights(finals[0]), weights(finals[1])
+    )
     # round 1 starts from round 0's final model, which is also its reference
-    cfg1 = PreferenceConfig.model_validate(yaml.safe_load((run / "round-1" / "train" / "config.yaml").read_text()))
+    cfg1 = PreferenceConfig.model_validate(
+        yaml.safe_load((run / "round-1" / "train" / "config.yaml").read_text())
+    )
     assert cfg1.model == str(finals[0]) and not cfg1.tiny_model
     cached = load_file(str(run / "round-1" / "train" / offline.REFERENCE_FILE))
-    fresh = offline.build_context(cfg1.model_copy(update={"output_dir": str(tmp_path / "ref")})).reference
-    base = cfg1.model_copy(update={"model": "embedded", "tiny_model": True, "seed": 0,
-                                   "output_dir": str(tmp_path / "base")})
+    fresh = offline.build_context(
+        cfg1.model_copy(update={"output_dir": str(tmp_path / "ref")})
+    ).reference
+    base = cfg1.model_copy(
+        update={
+            "model": "embedded",
+            "tiny_model": True,
+            "seed": 0,
+            "output_dir": str(tmp_path / "base"),
+        }
+    )
     base_ref = offline.build_context(base).reference
     assert torch.allclose(cached["train/chosen"], fresh["train/chosen"], atol=1e-5)
     assert not torch.allclose(cached["train/chosen"], base_ref["train/chosen"], atol=1e-3)
@@ -120,7 +140,8 @@ def test_resume_after_a_kill_mid_round_1_equals_an_uninterrupted_run(tmp_path, m
     monkeypatch.setattr(iterative, "sample_and_score", lambda *a, **k: pytest.fail("resampled"))
     assert cli.main(["train", str(split), "--resume", "--no-progress"]) == 0
     assert rounds(tmp_path / "full") == [
-        {**r, "model": r["model"] and r["model"].replace("split", "full")} for r in rounds(tmp_path / "split")
+        {**r, "model": r["model"] and r["model"].replace("split", "full")}
+        for r in rounds(tmp_path / "split")
     ]
     a = weights(tmp_path / "full" / "round-1" / "train" / "final")
     b = weights(tmp_path / "split" / "round-1" / "train" / "final")

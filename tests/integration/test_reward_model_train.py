@@ -159,9 +159,19 @@ def test_missing_rm_directory_fails_in_config_validation(recipe, tmp_path, capsy
 def test_lmpo_train_runs_a_reward_model_recipe(tmp_path, capsys):
     """`kind: reward_model` through `lmpo train`: the shipped recipe with overrides, end to end."""
     data = pair_file(tmp_path / "pairs.jsonl")
-    argv = ["train", "reward_model", f"train_file={data}", "tiny_model=true", "eval_fraction=0.25",
-            "batch_size=4", "max_length=64", "eval_every=0", "optim.lr=1e-3",
-            f"output_dir={tmp_path / 'rm'}", "--no-progress"]
+    argv = [
+        "train",
+        "reward_model",
+        f"train_file={data}",
+        "tiny_model=true",
+        "eval_fraction=0.25",
+        "batch_size=4",
+        "max_length=64",
+        "eval_every=0",
+        "optim.lr=1e-3",
+        f"output_dir={tmp_path / 'rm'}",
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     summary = json.loads((tmp_path / "rm" / "summary.json").read_text())
     assert summary["train_pairs"] == 12 and summary["eval_pairs"] == 4 and summary["steps"] == 3
@@ -173,7 +183,9 @@ def test_lmpo_train_runs_a_reward_model_recipe(tmp_path, capsys):
 
 
 def test_reward_model_recipe_errors_fail_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(rmtrain, "load_base", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.setattr(
+        rmtrain, "load_base", lambda *a, **k: pytest.fail("the model must not load")
+    )
     out = tmp_path / "rm"
     assert cli.main(["train", "reward_model", "batchsize=3", f"output_dir={out}"]) == 2
     assert "unknown key 'batchsize'" in capsys.readouterr().err
@@ -200,7 +212,9 @@ def test_head_lr_and_zero_head_init(tmp_path):
     assert torch.all(scores == 0) and metrics["eval/accuracy"] == 0.0
     assert metrics["eval/loss"] == pytest.approx(float(torch.log(torch.tensor(2.0))))
 
-    opt, _ = rmtrain.build_optimizer(rm, cfg.optim, 1, lr_overrides={p: cfg.head_lr for p in rm.head.parameters()})
+    opt, _ = rmtrain.build_optimizer(
+        rm, cfg.optim, 1, lr_overrides={p: cfg.head_lr for p in rm.head.parameters()}
+    )
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 0.5]
     assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in rm.head.parameters()}
     emb = rm.backbone.get_input_embeddings().weight
@@ -208,7 +222,9 @@ def test_head_lr_and_zero_head_init(tmp_path):
     rmtrain.train_step(rm, pairs[:4], cfg, opt)
     moved = rm.head.weight.detach().abs()
     assert moved.max() == pytest.approx(0.5, rel=1e-3)  # the head's own lr
-    assert (emb.detach() - before).abs().max() == 0  # zero head: no gradient reaches the backbone yet
+    assert (
+        emb.detach() - before
+    ).abs().max() == 0  # zero head: no gradient reaches the backbone yet
     rmtrain.train_step(rm, pairs[4:8], cfg, opt)
     step2 = (emb.detach() - before).abs().max()
     assert 0 < step2 <= 1.01e-3  # now it learns, at the backbone's lr

@@ -25,9 +25,21 @@ def test_train_two_steps_moves_parameters_and_saves_loadable_model(recipe, tmp_p
     rows = read_metrics(run / "metrics.jsonl")
     steps = [r for r in rows if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]
-    for key in ("rewards/user_rewards:vowel_count", "accuracy", "reward_std", "zero_std_groups",
-                "completion_len/mean", "truncated_frac", "entropy", "clip_frac", "grad_norm", "lr",
-                "time/generate", "time/train", "tokens_per_s/generate"):
+    for key in (
+        "rewards/user_rewards:vowel_count",
+        "accuracy",
+        "reward_std",
+        "zero_std_groups",
+        "completion_len/mean",
+        "truncated_frac",
+        "entropy",
+        "clip_frac",
+        "grad_norm",
+        "lr",
+        "time/generate",
+        "time/train",
+        "tokens_per_s/generate",
+    ):
         assert key in steps[0], key
     assert any(r["grad_norm"] > 0 for r in steps)
     assert {r["step"] for r in rows if "eval/accuracy" in r} == {0, 2}
@@ -38,8 +50,11 @@ def test_train_two_steps_moves_parameters_and_saves_loadable_model(recipe, tmp_p
 
     trained = AutoModelForCausalLM.from_pretrained(run / "final")
     init, _ = tiny_model(seed=0)
-    moved = [n for (n, a), b in zip(init.state_dict().items(), trained.state_dict().values(), strict=True)
-             if not torch.equal(a, b)]
+    moved = [
+        n
+        for (n, a), b in zip(init.state_dict().items(), trained.state_dict().values(), strict=True)
+        if not torch.equal(a, b)
+    ]
     assert moved, "training must change the weights"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["accuracy_after"] is not None and summary["final_model"].endswith("final")
@@ -89,18 +104,45 @@ def test_lora_with_kl_reference_trains_and_merges(recipe, tmp_path):
     assert not any("lora" in n for n in merged.state_dict())
 
 
-@pytest.mark.parametrize("estimator,loss", [("rloo", "ppo_clip"), ("dr_grpo", "gspo"), ("reinforce", "reinforce")])
+@pytest.mark.parametrize(
+    "estimator,loss", [("rloo", "ppo_clip"), ("dr_grpo", "gspo"), ("reinforce", "reinforce")]
+)
 def test_methods_plug_in_by_name(recipe, estimator, loss):
-    r = recipe(**{"algorithm.advantage": {"name": estimator}, "algorithm.policy_loss": {"name": loss}, "steps": 1})
+    r = recipe(
+        **{
+            "algorithm.advantage": {"name": estimator},
+            "algorithm.policy_loss": {"name": loss},
+            "steps": 1,
+        }
+    )
     assert cli.main(["train", str(r), "--no-progress"]) == 0
 
 
 def test_eval_command_writes_json(recipe, tmp_path, capsys):
     assert cli.main(["train", str(recipe(steps=1)), "--no-progress"]) == 0
     out = tmp_path / "eval.json"
-    assert cli.main(["eval", "--model", str(tmp_path / "run" / "final"), "--task", "arithmetic",
-                     "--param", "style=bare", "--n", "4", "--k", "2", "--max-new-tokens", "4",
-                     "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "run" / "final"),
+                "--task",
+                "arithmetic",
+                "--param",
+                "style=bare",
+                "--n",
+                "4",
+                "--k",
+                "2",
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["n"] == 4 and 0 <= res["accuracy"] <= 1 and set(res["pass_at_k"]) == {"1", "2"}
     assert len(res["samples"]) == 4
@@ -113,8 +155,15 @@ def test_shared_prefix_training_equals_plain(recipe, tmp_path):
 
     runs = {}
     for shared in (True, False):
-        cfg = load_config(str(recipe()), [f"shared_prefix={str(shared).lower()}", "steps=1",
-                                          f"output_dir={tmp_path / str(shared)}", "eval.at_start=false"])
+        cfg = load_config(
+            str(recipe()),
+            [
+                f"shared_prefix={str(shared).lower()}",
+                "steps=1",
+                f"output_dir={tmp_path / str(shared)}",
+                "eval.at_start=false",
+            ],
+        )
         runs[shared] = train_online(cfg, show_progress=False)["last_step"]
     for k in ("loss", "grad_norm", "entropy", "reward", "clip_frac"):
         assert runs[True][k] == pytest.approx(runs[False][k], rel=1e-4, abs=1e-6), k

@@ -40,7 +40,9 @@ def _logprobs(model, path, batch):
     if path == "plain":
         ids, attn = torch.cat([prompt_ids, resp], 1), torch.cat([prompt_mask, rmask], 1)
         return sequence_logprobs(model, ids, attn, prompt_ids.shape[1], chunk_size=5)[0]
-    return shared_prefix_logprobs(model, prompt_ids, prompt_mask, resp, rmask, gids, chunk_size=5)[0]
+    return shared_prefix_logprobs(model, prompt_ids, prompt_mask, resp, rmask, gids, chunk_size=5)[
+        0
+    ]
 
 
 def _saved_bytes(fn):
@@ -58,9 +60,16 @@ def _saved_bytes(fn):
 
 @pytest.mark.parametrize(
     "path,attn_impl,lora",
-    [("plain", "sdpa", False), ("shared", "sdpa", False), ("shared", "eager", False), ("shared", "sdpa", True)],
+    [
+        ("plain", "sdpa", False),
+        ("shared", "sdpa", False),
+        ("shared", "eager", False),
+        ("shared", "sdpa", True),
+    ],
 )
-def test_checkpointed_gradients_equal_plain_with_fewer_saved_activations(tiny, path, attn_impl, lora):
+def test_checkpointed_gradients_equal_plain_with_fewer_saved_activations(
+    tiny, path, attn_impl, lora
+):
     """Shared prefixes pass 4D masks (boolean for SDPA, additive for eager) through the checkpoint;
     LoRA gets its gradients without an input requires_grad hook (non-reentrant)."""
     batch, w = _batch(), torch.randn(4, 7, generator=torch.Generator().manual_seed(1))
@@ -99,9 +108,16 @@ def test_sampling_in_train_mode_keeps_the_kv_cache(tiny):
     model = copy.deepcopy(plain)
     enable_checkpointing(model)
     model.train()
-    for cfg, seed in ((SamplingConfig(max_new_tokens=10, greedy=True), 0), (SamplingConfig(max_new_tokens=10), 3)):
-        a = generate(plain, tiny[1], PROMPTS, cfg, generator=torch.Generator().manual_seed(seed), repeats=2)
-        b = generate(model, tiny[1], PROMPTS, cfg, generator=torch.Generator().manual_seed(seed), repeats=2)
+    for cfg, seed in (
+        (SamplingConfig(max_new_tokens=10, greedy=True), 0),
+        (SamplingConfig(max_new_tokens=10), 3),
+    ):
+        a = generate(
+            plain, tiny[1], PROMPTS, cfg, generator=torch.Generator().manual_seed(seed), repeats=2
+        )
+        b = generate(
+            model, tiny[1], PROMPTS, cfg, generator=torch.Generator().manual_seed(seed), repeats=2
+        )
         assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
         torch.testing.assert_close(b.logprobs, a.logprobs, atol=1e-6, rtol=0)
     assert model.training and checkpointing_enabled(model)
@@ -131,7 +147,9 @@ def test_config_field_in_every_run_kind():
         assert validate(yaml.safe_load(dump_config(cfg))) == cfg  # round trip
         with pytest.raises(ConfigError, match="gradient_checkpointing"):
             validate({**data, "gradient_checkpointing": "sometimes"})
-    it = validate({"kind": "iterative", "tiny_model": True, "preference": {"gradient_checkpointing": True}})
+    it = validate(
+        {"kind": "iterative", "tiny_model": True, "preference": {"gradient_checkpointing": True}}
+    )
     assert isinstance(it, IterativeConfig)
     assert it.round_config(0, "pairs.jsonl", "m", True).gradient_checkpointing is True
     assert RewardModelConfig.model_fields["gradient_checkpointing"].description

@@ -30,7 +30,9 @@ def test_shipped_example_file_loads():
 
 
 def test_rows_keep_line_numbers_and_skip_blank_lines(tmp_path):
-    p = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "answer": 1}, "", {"prompt": "b", "answer": "2"}])
+    p = write_jsonl(
+        tmp_path / "d.jsonl", [{"prompt": "a", "answer": 1}, "", {"prompt": "b", "answer": "2"}]
+    )
     assert [n for n, _ in read_rows(p)] == [1, 3]
     exs = load_examples(p)
     assert [e.answer for e in exs] == ["1", "2"]
@@ -43,28 +45,64 @@ def test_extra_columns_go_to_meta_and_custom_keys(tmp_path):
     assert (ex.prompt, ex.answer, ex.id, ex.meta) == ("q?", "7", "5", {"source": "x"})
 
 
-@pytest.mark.parametrize("rows,match", [
-    ([{"prompt": "a", "answer": 1}, {"prompt": "b", "answer": 2}, '{"prompt": "c", "answer": '],
-     r"d\.jsonl line 3: malformed JSON"),
-    ([{"prompt": "a", "answer": 1}, "[1, 2]"], r"d\.jsonl line 2: expected a JSON object, got list"),
-    ([{"prompt": "a", "answer": 1}, {"prompt": "b", "answer": 2}, {"prompt": "c"}],
-     r"d\.jsonl line 3: missing key 'answer'"),
-    ([{"answer": "1"}], r"line 1: missing key 'prompt'"),
-    ([{"prompt": "", "answer": "1"}], r"line 1: 'prompt' is an empty string"),
-    ([{"prompt": "a", "answer": None}], r"line 1: 'answer' must be a string or number"),
-    ([{"prompt": "a", "answer": True}], r"line 1: 'answer' must be a string or number, got bool"),
-    ([{"prompt": "a", "answer": "  "}], r"line 1: 'answer' is empty"),
-    ([{"prompt": [], "answer": "1"}], r"line 1: 'prompt' must be a string or a non-empty list"),
-    ([{"prompt": 3, "answer": "1"}], r"line 1: 'prompt' must be a string or a non-empty list of chat messages, got int"),
-    ([{"prompt": [{"role": "robot", "content": "hi"}], "answer": "1"}],
-     r"line 1: message 0 has role 'robot'; expected one of system, user, assistant"),
-    ([{"prompt": [{"role": "user", "content": 5}], "answer": "1"}],
-     r"line 1: message 0 content must be a string, got int"),
-    ([{"prompt": [{"role": "user", "content": "q"}, "hi"], "answer": "1"}],
-     r"line 1: message 1 is not an object"),
-    ([{"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "1"}],
-     r"line 1: the last message must be a user turn"),
-])
+@pytest.mark.parametrize(
+    "rows,match",
+    [
+        (
+            [
+                {"prompt": "a", "answer": 1},
+                {"prompt": "b", "answer": 2},
+                '{"prompt": "c", "answer": ',
+            ],
+            r"d\.jsonl line 3: malformed JSON",
+        ),
+        (
+            [{"prompt": "a", "answer": 1}, "[1, 2]"],
+            r"d\.jsonl line 2: expected a JSON object, got list",
+        ),
+        (
+            [{"prompt": "a", "answer": 1}, {"prompt": "b", "answer": 2}, {"prompt": "c"}],
+            r"d\.jsonl line 3: missing key 'answer'",
+        ),
+        ([{"answer": "1"}], r"line 1: missing key 'prompt'"),
+        ([{"prompt": "", "answer": "1"}], r"line 1: 'prompt' is an empty string"),
+        ([{"prompt": "a", "answer": None}], r"line 1: 'answer' must be a string or number"),
+        (
+            [{"prompt": "a", "answer": True}],
+            r"line 1: 'answer' must be a string or number, got bool",
+        ),
+        ([{"prompt": "a", "answer": "  "}], r"line 1: 'answer' is empty"),
+        ([{"prompt": [], "answer": "1"}], r"line 1: 'prompt' must be a string or a non-empty list"),
+        (
+            [{"prompt": 3, "answer": "1"}],
+            r"line 1: 'prompt' must be a string or a non-empty list of chat messages, got int",
+        ),
+        (
+            [{"prompt": [{"role": "robot", "content": "hi"}], "answer": "1"}],
+            r"line 1: message 0 has role 'robot'; expected one of system, user, assistant",
+        ),
+        (
+            [{"prompt": [{"role": "user", "content": 5}], "answer": "1"}],
+            r"line 1: message 0 content must be a string, got int",
+        ),
+        (
+            [{"prompt": [{"role": "user", "content": "q"}, "hi"], "answer": "1"}],
+            r"line 1: message 1 is not an object",
+        ),
+        (
+            [
+                {
+                    "prompt": [
+                        {"role": "user", "content": "q"},
+                        {"role": "assistant", "content": "a"},
+                    ],
+                    "answer": "1",
+                }
+            ],
+            r"line 1: the last message must be a user turn",
+        ),
+    ],
+)
 def test_row_errors_name_file_and_line(tmp_path, rows, match):
     p = write_jsonl(tmp_path / "d.jsonl", rows)
     with pytest.raises(DataError, match=match):
@@ -98,9 +136,13 @@ def test_parquet_round_trip(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     exs = load_examples(tmp_path / "d.parquet")
     assert [(e.prompt, e.answer, e.id) for e in exs] == [
-        ("What is 1 + 1?", "2", "d:1"), ("What is 2 + 2?", "4", "d:2")
+        ("What is 1 + 1?", "2", "d:1"),
+        ("What is 2 + 2?", "4", "d:2"),
     ]
-    msgs = [{"prompt": [{"role": "user", "content": "hi"}], "answer": "1"}, {"prompt": [{"role": "user", "content": "x"}]}]
+    msgs = [
+        {"prompt": [{"role": "user", "content": "hi"}], "answer": "1"},
+        {"prompt": [{"role": "user", "content": "x"}]},
+    ]
     pq.write_table(pa.Table.from_pylist(msgs), tmp_path / "m.parquet")
     with pytest.raises(DataError, match=r"m\.parquet line 2: .*'answer'"):
         load_examples(tmp_path / "m.parquet")

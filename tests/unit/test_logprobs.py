@@ -13,8 +13,14 @@ from lmpo.models.logprobs import (
 
 
 def naive_logprobs(model, ids, attn, start):
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)).logits.float()
-    logp = torch.log_softmax(logits[:, start - 1 : -1], -1).gather(-1, ids[:, start:, None]).squeeze(-1)
+    logits = model(
+        input_ids=ids, attention_mask=attn, position_ids=position_ids_from_mask(attn)
+    ).logits.float()
+    logp = (
+        torch.log_softmax(logits[:, start - 1 : -1], -1)
+        .gather(-1, ids[:, start:, None])
+        .squeeze(-1)
+    )
     return logp * attn[:, start:]
 
 
@@ -72,7 +78,9 @@ def test_selective_logprobs_temperature():
 
 
 def _naive_head(h, head, y, temperature):
-    logp = torch.log_softmax(torch.nn.functional.linear(h, head.weight, head.bias).float() / temperature, -1)
+    logp = torch.log_softmax(
+        torch.nn.functional.linear(h, head.weight, head.bias).float() / temperature, -1
+    )
     return logp.gather(-1, y[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1).detach()
 
 
@@ -97,7 +105,9 @@ def _grads(hidden, head, logp, w):
 def test_fused_head_values_and_grads_equal_naive(bias, temperature):
     hidden, head, y, w = _head_case(bias=bias)
     want, want_ent = _naive_head(hidden, head, y, temperature)
-    got, ent = selective_logprobs(hidden, head, y, temperature=temperature, chunk_size=3, with_entropy=True)
+    got, ent = selective_logprobs(
+        hidden, head, y, temperature=temperature, chunk_size=3, with_entropy=True
+    )
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(ent, want_ent)
     assert not ent.requires_grad
@@ -111,9 +121,12 @@ def test_fused_head_gradcheck(bias, temperature):
     hidden, head, y, _ = _head_case(n=4, v=6, bias=bias, dtype=torch.float64)
     b = head.bias if bias else None
     want = torch.log_softmax(head(hidden) / temperature, -1).gather(-1, y[:, None]).squeeze(-1)
-    torch.testing.assert_close(_HeadLogprobs.apply(hidden, head.weight, b, y, temperature, False)[0], want)
+    torch.testing.assert_close(
+        _HeadLogprobs.apply(hidden, head.weight, b, y, temperature, False)[0], want
+    )
     assert torch.autograd.gradcheck(
-        lambda h, w, b: _HeadLogprobs.apply(h, w, b, y, temperature, True)[0], (hidden, head.weight, b)
+        lambda h, w, b: _HeadLogprobs.apply(h, w, b, y, temperature, True)[0],
+        (hidden, head.weight, b),
     )
 
 
@@ -126,7 +139,9 @@ def test_fused_head_frozen_weight_and_no_grad():
     (g,) = _grads(hidden, head, got, w)
     torch.testing.assert_close(g, _grads(hidden, head, want, w)[0])
     with torch.no_grad():
-        got, ent = selective_logprobs(hidden, head, y, temperature=0.7, chunk_size=3, with_entropy=True)
+        got, ent = selective_logprobs(
+            hidden, head, y, temperature=0.7, chunk_size=3, with_entropy=True
+        )
     assert got.grad_fn is None and ent.grad_fn is None
     torch.testing.assert_close(got, want.detach())
     torch.testing.assert_close(ent, want_ent)
@@ -146,16 +161,21 @@ def test_fused_head_bfloat16_matches_autograd():
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 12), st.integers(1, 13), st.floats(0.3, 2.0), st.booleans(), st.integers(0, 99))
+@given(
+    st.integers(1, 12), st.integers(1, 13), st.floats(0.3, 2.0), st.booleans(), st.integers(0, 99)
+)
 def test_fused_head_property(n, chunk_size, temperature, bias, seed):
     """Any row count, chunking, temperature: values, entropy and all gradients match naive."""
     hidden, head, y, w = _head_case(n=n, bias=bias, seed=seed)
     want, want_ent = _naive_head(hidden, head, y, temperature)
-    got, ent = selective_logprobs(hidden, head, y, temperature=temperature, chunk_size=chunk_size, with_entropy=True)
+    got, ent = selective_logprobs(
+        hidden, head, y, temperature=temperature, chunk_size=chunk_size, with_entropy=True
+    )
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent, want_ent, atol=1e-5, rtol=1e-5)
     for a, b in zip(_grads(hidden, head, got, w), _grads(hidden, head, want, w), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
 
 # ------------------------------------------------------------------ shared-prefix forward
 
@@ -189,7 +209,11 @@ def test_shared_prefix_equals_plain_forward(tiny, attn_impl):
     model, tok = tiny
     model.config._attn_implementation = attn_impl
     try:
-        batch = _groups(tok, ["What is 2+2?", "A much longer prompt, with more tokens in it", "Q"], [[5, 1, 9], [4, 4], [7]])
+        batch = _groups(
+            tok,
+            ["What is 2+2?", "A much longer prompt, with more tokens in it", "Q"],
+            [[5, 1, 9], [4, 4], [7]],
+        )
         want, want_ent = _plain(model, *batch[:4], with_entropy=True)
         got, got_ent = shared_prefix_logprobs(model, *batch, chunk_size=3, with_entropy=True)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -212,8 +236,13 @@ def test_shared_prefix_gradients_equal_plain(tiny):
     model.zero_grad()
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=4), min_size=1, max_size=3), st.integers(0, 99))
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=4), min_size=1, max_size=3),
+    st.integers(0, 99),
+)
 def test_shared_prefix_property(tiny, sizes, seed):
     """Any group layout (group sizes, answer lengths, split groups) matches the plain forward."""
     model, tok = tiny
@@ -242,7 +271,9 @@ def _packed_calls(monkeypatch):
     from transformers import AttentionInterface
 
     AttentionInterface._global_mapping.pop(L.PACKED_ATTENTION, None)  # re-registered with the spy
-    monkeypatch.setattr(AttentionInterface, "_global_mapping", dict(AttentionInterface._global_mapping))
+    monkeypatch.setattr(
+        AttentionInterface, "_global_mapping", dict(AttentionInterface._global_mapping)
+    )
     return calls
 
 
@@ -250,7 +281,12 @@ def test_packed_groups_equal_padded_rows_values_and_gradients(tiny, monkeypatch)
     """Several groups run as one padding-free row with per-group attention: log-probs,
     entropies and every parameter gradient equal the padded one-row-per-group forward."""
     model, tok = tiny
-    batch = _groups(tok, ["Hello there, solve this", "Q", "A third, medium prompt"], [[3, 9, 2], [8, 1], [4]], seed=3)
+    batch = _groups(
+        tok,
+        ["Hello there, solve this", "Q", "A third, medium prompt"],
+        [[3, 9, 2], [8, 1], [4]],
+        seed=3,
+    )
     w = torch.randn(batch[2].shape)
 
     def run():
@@ -305,7 +341,11 @@ def _assert_falls_back(tiny, monkeypatch, kernel, seed):
     from lmpo.models import logprobs as L
 
     model, tok = tiny
-    monkeypatch.setattr(AttentionInterface, "_global_mapping", {**AttentionInterface._global_mapping, L.PACKED_ATTENTION: kernel})
+    monkeypatch.setattr(
+        AttentionInterface,
+        "_global_mapping",
+        {**AttentionInterface._global_mapping, L.PACKED_ATTENTION: kernel},
+    )
     batch = _groups(tok, ["First prompt", "Second"], [[3, 4], [2, 6]], seed=seed)
     try:
         got, _ = shared_prefix_logprobs(model, *batch)
@@ -323,7 +363,9 @@ def test_model_that_bypasses_the_kernel_falls_back_to_padded_rows(tiny, monkeypa
     stock = AttentionInterface._global_mapping["sdpa"]
 
     def bypass(module, q, k, v, mask, **kw):  # ignores the spans: attends across groups
-        return stock(module, q, k, v, None, **{k2: v2 for k2, v2 in kw.items() if not k2.startswith("lmpo_")})
+        return stock(
+            module, q, k, v, None, **{k2: v2 for k2, v2 in kw.items() if not k2.startswith("lmpo_")}
+        )
 
     _assert_falls_back(tiny, monkeypatch, bypass, seed=6)
 
@@ -351,7 +393,10 @@ def test_answer_logprob_sums_share_repeated_prompts(tiny, monkeypatch):
 
     model, tok = tiny
     prompts = [tok(p).input_ids for p in ["What is 2+2?", "Q", "What is 2+2?", "Q", "Other"]]
-    answers = [[[5, 6, 7], [8], [9, 10], [11, 12, 13, 14], [15, 16]], [[17], [18, 19], [20], [21], [22, 23]]]
+    answers = [
+        [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14], [15, 16]],
+        [[17], [18, 19], [20], [21], [22, 23]],
+    ]
     seen = []
     real = lp._pack_groups
     monkeypatch.setattr(lp, "_pack_groups", lambda *a: seen.append(len(a[-1])) or real(*a))

@@ -43,7 +43,6 @@ def test_best_versus_worst_without_reuse_or_duplicates():
     assert select_pairs(blank, 2) == [(1, 2)]
 
 
-
 def test_all_pairing_crosses_every_good_with_every_bad():
     g = group([1, 1, 0, 0, 1, 0], rewards=[1.0, 1.5, -0.5, 0.2, 1.5, 0.0], texts=list("abcdbe"))
     # distinct good, best first: 1, 0; distinct bad, worst first: 2 (-0.5), 5 (0.0), 3 (0.2)
@@ -137,9 +136,18 @@ def test_the_builders_rows_read_back_with_their_extra_columns(tmp_path):
             "'chosen'",
         ),
         ('{"prompt": "", "chosen": "a", "rejected": "b"}', "empty string"),
-        ('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"}', "'margin' must be a number"),
-        ('{"prompt": "q", "chosen": "a", "rejected": "b", "chosen_reward": true}', "'chosen_reward'"),
-        ('{"prompt": "q", "chosen": "a", "rejected": "b", "flipped": "no"}', "'flipped' must be true or false"),
+        (
+            '{"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"}',
+            "'margin' must be a number",
+        ),
+        (
+            '{"prompt": "q", "chosen": "a", "rejected": "b", "chosen_reward": true}',
+            "'chosen_reward'",
+        ),
+        (
+            '{"prompt": "q", "chosen": "a", "rejected": "b", "flipped": "no"}',
+            "'flipped' must be true or false",
+        ),
         ('{"prompt": "q", "chosen": "a", ', "malformed JSON"),
     ],
 )

@@ -47,7 +47,12 @@ def test_dapo_overlong_worked_example():
 
 
 def test_length_default_cache_and_truncation_penalty():
-    b = batch(["x"] * 4, lengths=[30, 40, 44, 50], truncated=[False, False, False, True], max_new_tokens=50)
+    b = batch(
+        ["x"] * 4,
+        lengths=[30, 40, 44, 50],
+        truncated=[False, False, False, True],
+        max_new_tokens=50,
+    )
     # default cache = 50 // 5 = 10: penalty starts after 40 tokens
     assert REWARDS.get("length")(b) == pytest.approx([0.0, 0.0, -0.4, -1.0])
     b2 = batch(["x"] * 2, lengths=[20, 20], truncated=[False, True], max_new_tokens=50)
@@ -61,14 +66,26 @@ def test_length_default_cache_and_truncation_penalty():
 
 def test_correctness_dispatches_on_task():
     arith = load_task("arithmetic", "test", 1)[0]
-    cd = Example(id="c", prompt="p", answer="3 * 8 - 5", task="countdown",
-                 meta={"numbers": [3, 5, 8], "target": 19})
+    cd = Example(
+        id="c",
+        prompt="p",
+        answer="3 * 8 - 5",
+        task="countdown",
+        meta={"numbers": [3, 5, 8], "target": 19},
+    )
     file_ex = Example(id="f", prompt="p", answer="1/2")
     word = Example(id="w", prompt="p", answer="Paris")
     b = batch(
-        [f"Answer: {arith.answer}", f"Answer: {int(arith.answer) + 1}", "<answer>8*3-5</answer>",
-         "Answer: 8 + 8 + 3", "So the result is \\boxed{0.5}", "Answer: 0.25", "Answer: paris.",
-         "Answer: London"],
+        [
+            f"Answer: {arith.answer}",
+            f"Answer: {int(arith.answer) + 1}",
+            "<answer>8*3-5</answer>",
+            "Answer: 8 + 8 + 3",
+            "So the result is \\boxed{0.5}",
+            "Answer: 0.25",
+            "Answer: paris.",
+            "Answer: London",
+        ],
         [arith, arith, cd, cd, file_ex, file_ex, word, word],
     )
     assert REWARDS.get("correctness")(b) == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
@@ -80,22 +97,25 @@ def test_correctness_unknown_task_lists_tasks():
         REWARDS.get("correctness")(b)
 
 
-@pytest.mark.parametrize("text,fmt,ok", [
-    ("12 + 7 = 19\nAnswer: 19", "line", True),
-    ("Answer: 19", "line", True),
-    ("Answer: 19\nAnswer: 20", "line", False),
-    ("Answer: 19\nbecause...", "line", False),
-    ("19", "line", False),
-    ("work\n<answer>19</answer>", "tag", True),
-    ("<answer>19</answer><answer>2</answer>", "tag", False),
-    ("<answer></answer>", "tag", False),
-    ("<answer>19", "tag", False),
-    ("19", "bare", True),
-    ("19\n20", "bare", False),
-    ("Answer: 4", None, True),
-    ("<answer>4</answer>", None, True),
-    ("4", None, False),
-])
+@pytest.mark.parametrize(
+    "text,fmt,ok",
+    [
+        ("12 + 7 = 19\nAnswer: 19", "line", True),
+        ("Answer: 19", "line", True),
+        ("Answer: 19\nAnswer: 20", "line", False),
+        ("Answer: 19\nbecause...", "line", False),
+        ("19", "line", False),
+        ("work\n<answer>19</answer>", "tag", True),
+        ("<answer>19</answer><answer>2</answer>", "tag", False),
+        ("<answer></answer>", "tag", False),
+        ("<answer>19", "tag", False),
+        ("19", "bare", True),
+        ("19\n20", "bare", False),
+        ("Answer: 4", None, True),
+        ("<answer>4</answer>", None, True),
+        ("4", None, False),
+    ],
+)
 def test_follows_format(text, fmt, ok):
     assert follows_format(text, fmt) is ok
 
@@ -109,9 +129,15 @@ def test_format_reward_uses_prompt_style_and_pattern_override():
 
 
 def test_score_weighted_sum_by_hand():
-    b = batch(["Answer: 7", "Answer: 8", "7"], lengths=[10, 45, 48], truncated=[False, False, True],
-              max_new_tokens=48)
-    total, per = score(b, [("correctness", 1.0, {}), ("format", 0.5, {}), ("length", 2.0, {"cache": 8})])
+    b = batch(
+        ["Answer: 7", "Answer: 8", "7"],
+        lengths=[10, 45, 48],
+        truncated=[False, False, True],
+        max_new_tokens=48,
+    )
+    total, per = score(
+        b, [("correctness", 1.0, {}), ("format", 0.5, {}), ("length", 2.0, {"cache": 8})]
+    )
     assert per["correctness"].tolist() == [1.0, 0.0, 1.0]
     assert per["format"].tolist() == [1.0, 1.0, 0.0]
     assert per["length"].tolist() == pytest.approx([0.0, -5 / 8, -1.0])
@@ -131,7 +157,8 @@ def test_score_spec_forms_and_duplicate_names():
 def user_module(tmp_path, monkeypatch):
     """Write a reward module with a unique name and put it on sys.path."""
     name = f"my_rewards_{uuid.uuid4().hex[:10]}"
-    (tmp_path / f"{name}.py").write_text(textwrap.dedent("""
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent("""
         import math
 
         def exact(completions, answers, *, bonus=0.0):
@@ -153,13 +180,17 @@ def user_module(tmp_path, monkeypatch):
             return [0.0 for _ in completions]
 
         NOT_CALLABLE = 3
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     return name
 
 
 def test_user_reward_by_import_path(user_module):
-    b = batch(["7", "8"], [Example(id="a", prompt="p", answer="7"), Example(id="abc", prompt="p", answer="8")])
+    b = batch(
+        ["7", "8"],
+        [Example(id="a", prompt="p", answer="7"), Example(id="abc", prompt="p", answer="8")],
+    )
     total, per = score(b, [(f"{user_module}:exact", 2.0, {"bonus": 0.5})])
     assert per[f"{user_module}:exact"].tolist() == [1.5, 1.5]
     assert total.tolist() == [3.0, 3.0]
@@ -170,20 +201,25 @@ def test_user_reward_by_import_path(user_module):
     assert resolve_reward(f"{user_module}:exact").user_fn.__name__ == "exact"
 
 
-@pytest.mark.parametrize("suffix,match", [
-    (":too_few", r":too_few' returned 1 values for 2 completions"),
-    (":nan", r":nan' returned non-finite values at positions \[0, 1\]"),
-    (":missing", r":missing': module '\w+' has no attribute 'missing'"),
-    (":NOT_CALLABLE", r":NOT_CALLABLE': 'NOT_CALLABLE' is not callable"),
-    (":one_arg", r":one_arg': a user reward takes \(completions, answers, \*\*kw\)"),
-])
+@pytest.mark.parametrize(
+    "suffix,match",
+    [
+        (":too_few", r":too_few' returned 1 values for 2 completions"),
+        (":nan", r":nan' returned non-finite values at positions \[0, 1\]"),
+        (":missing", r":missing': module '\w+' has no attribute 'missing'"),
+        (":NOT_CALLABLE", r":NOT_CALLABLE': 'NOT_CALLABLE' is not callable"),
+        (":one_arg", r":one_arg': a user reward takes \(completions, answers, \*\*kw\)"),
+    ],
+)
 def test_user_reward_errors_name_the_reward(user_module, suffix, match):
     with pytest.raises(ValueError, match=f"reward '{user_module}{match}"):
         score(batch(["7", "8"]), [(user_module + suffix, 1.0, {})])
 
 
 def test_spec_validation_errors(user_module):
-    with pytest.raises(KeyError, match="unknown reward 'corectness'; valid names: correctness, format, length"):
+    with pytest.raises(
+        KeyError, match="unknown reward 'corectness'; valid names: correctness, format, length"
+    ):
         resolve_specs([("corectness", 1.0, {})])
     with pytest.raises(ValueError, match="reward 'length' does not accept 'cach'; allowed: cache"):
         resolve_specs([("length", 1.0, {"cach": 4})])

@@ -69,8 +69,14 @@ def test_train_and_test_never_overlap(task, params):
 
 def test_split_is_independent_of_difficulty_and_seed():
     # the same canonical problem text lands in the same split at every level
-    keys = {e.meta["key"] for d in (1, 2) for e in load_task("arithmetic", "test", 200, seed=9, difficulty=d)}
-    train = {e.meta["key"] for d in (1, 2) for e in load_task("arithmetic", "train", 2000, difficulty=d)}
+    keys = {
+        e.meta["key"]
+        for d in (1, 2)
+        for e in load_task("arithmetic", "test", 200, seed=9, difficulty=d)
+    }
+    train = {
+        e.meta["key"] for d in (1, 2) for e in load_task("arithmetic", "train", 2000, difficulty=d)
+    }
     assert keys.isdisjoint(train)
 
 
@@ -98,8 +104,12 @@ def test_prompts_render_as_chat_messages(style):
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10**6), difficulty=st.sampled_from(sorted(ARITH_LEVELS)),
-       delta=st.integers(-50, 50).filter(bool), fmt=st.sampled_from(sorted(RENDER)))
+@given(
+    seed=st.integers(0, 10**6),
+    difficulty=st.sampled_from(sorted(ARITH_LEVELS)),
+    delta=st.integers(-50, 50).filter(bool),
+    fmt=st.sampled_from(sorted(RENDER)),
+)
 def test_arithmetic_check_property(seed, difficulty, delta, fmt):
     ex = load_task("arithmetic", "train", 1, seed=seed, difficulty=difficulty)[0]
     value, _ = safe_eval(ex.meta["key"])
@@ -123,19 +133,28 @@ def test_countdown_generator_solutions_are_valid(seed, difficulty):
     check = TASKS.get("countdown").check
     assert check(f"<answer>{ex.answer}</answer>", ex) == 1.0
     assert check(f"Answer: {ex.answer} = {target}", ex) == 1.0
-    assert check(f"Answer: {target}", ex) == 0.0  # the bare target is not an expression of the numbers
+    assert (
+        check(f"Answer: {target}", ex) == 0.0
+    )  # the bare target is not an expression of the numbers
 
 
 @settings(max_examples=80, deadline=None)
-@given(nums=st.lists(st.integers(1, 30), min_size=2, max_size=4),
-       ops=st.lists(st.sampled_from("+-*/"), min_size=3, max_size=3))
+@given(
+    nums=st.lists(st.integers(1, 30), min_size=2, max_size=4),
+    ops=st.lists(st.sampled_from("+-*/"), min_size=3, max_size=3),
+)
 def test_countdown_check_accepts_any_valid_expression(nums, ops):
     expr = str(nums[0])
     for x, op in zip(nums[1:], ops[: len(nums) - 1], strict=True):
         expr = f"({expr} {op} {x})"
     value, _ = safe_eval(expr)
-    ex = Example(id="h", prompt="p", answer=expr, task="countdown",
-                 meta={"numbers": nums + [99], "target": value})
+    ex = Example(
+        id="h",
+        prompt="p",
+        answer=expr,
+        task="countdown",
+        meta={"numbers": nums + [99], "target": value},
+    )
     check = TASKS.get("countdown").check
     assert check(f"Answer: {expr}", ex) == 1.0  # exact Fraction target, numbers within the given
     reused = f"{expr} + {nums[0]} - {nums[0]}"  # same value, but a number used too often
@@ -144,32 +163,46 @@ def test_countdown_check_accepts_any_valid_expression(nums, ops):
 
 
 def _cd_example(nums=(3, 5, 8), target=19):
-    return Example(id="c", prompt="p", answer="3 * 8 - 5", task="countdown",
-                   meta={"numbers": list(nums), "target": target})
+    return Example(
+        id="c",
+        prompt="p",
+        answer="3 * 8 - 5",
+        task="countdown",
+        meta={"numbers": list(nums), "target": target},
+    )
 
 
-@pytest.mark.parametrize("completion", [
-    "Answer: 8 + 8 + 3",                 # 8 used twice
-    "Answer: 3 * 8 - 5 + 0",             # 0 is not given
-    "Answer: __import__('os').system('echo hi')",
-    "<answer>exec('1')</answer>",
-    "Answer: 3 ** 2 + 10",
-    "Answer: -5 + 24",                   # unary minus and a number not given
-    "Answer: 19",
-    "Answer: 3.0 * 8 - 5",               # float literal
-    "Answer: (3 * 8 - 5",                # syntax error
-    "Answer: 3 / (8 - 8)",               # division by zero
-    "Answer: " + "(" * 500 + "3" + ")" * 500,
-    "",
-])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "Answer: 8 + 8 + 3",  # 8 used twice
+        "Answer: 3 * 8 - 5 + 0",  # 0 is not given
+        "Answer: __import__('os').system('echo hi')",
+        "<answer>exec('1')</answer>",
+        "Answer: 3 ** 2 + 10",
+        "Answer: -5 + 24",  # unary minus and a number not given
+        "Answer: 19",
+        "Answer: 3.0 * 8 - 5",  # float literal
+        "Answer: (3 * 8 - 5",  # syntax error
+        "Answer: 3 / (8 - 8)",  # division by zero
+        "Answer: " + "(" * 500 + "3" + ")" * 500,
+        "",
+    ],
+)
 def test_countdown_rejects_invalid(completion):
     assert TASKS.get("countdown").check(completion, _cd_example()) == 0.0
 
 
-@pytest.mark.parametrize("completion", [
-    "Answer: 3 * 8 - 5", "<answer>8 × 3 − 5</answer>", "3 x 8 - 5 = 19", "Answer: (8*3)-5.",
-    "First 3 * 8 = 24.\nAnswer: 24 - 5",  # not all numbers used? 24 is not given -> reject below
-])
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "Answer: 3 * 8 - 5",
+        "<answer>8 × 3 − 5</answer>",
+        "3 x 8 - 5 = 19",
+        "Answer: (8*3)-5.",
+        "First 3 * 8 = 24.\nAnswer: 24 - 5",  # not all numbers used? 24 is not given -> reject below
+    ],
+)
 def test_countdown_accepts_notations(completion):
     expected = 0.0 if "24 - 5" in completion else 1.0
     assert TASKS.get("countdown").check(completion, _cd_example()) == expected
@@ -181,17 +214,20 @@ def test_countdown_fraction_exact():
     assert TASKS.get("countdown").check("Answer: 6 / 3 / 1", ex) == 1.0
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("23 + 48 = 71\nAnswer: 71", 71),
-    ("Answer: 1,234.", 1234),
-    ("<answer> -5 </answer> and later 7", -5),
-    ("The answer is: 42 apples", 42),
-    ("12 + 7 = 19", 19),
-    ("I think it is 3 or maybe 4", 4),
-    ("**Answer:** 12 + 7 = 19", 19),
-    ("Answer: 1/2", Fraction(1, 2)),
-    ("no digits here", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("23 + 48 = 71\nAnswer: 71", 71),
+        ("Answer: 1,234.", 1234),
+        ("<answer> -5 </answer> and later 7", -5),
+        ("The answer is: 42 apples", 42),
+        ("12 + 7 = 19", 19),
+        ("I think it is 3 or maybe 4", 4),
+        ("**Answer:** 12 + 7 = 19", 19),
+        ("Answer: 1/2", Fraction(1, 2)),
+        ("no digits here", None),
+    ],
+)
 def test_extract_number(text, expected):
     assert extract_number(text) == (None if expected is None else Fraction(expected))
 
@@ -218,7 +254,10 @@ def test_load_task_errors():
 
 
 def test_task_params_lists_make_keywords():
-    assert task_params("arithmetic") == {"difficulty": 1, "style": task_params("countdown")["style"]}
+    assert task_params("arithmetic") == {
+        "difficulty": 1,
+        "style": task_params("countdown")["style"],
+    }
     assert set(task_params("word_problems")) == {"style"}
 
 

@@ -21,12 +21,23 @@ with open(src) as f:
         groups.setdefault(row["id"], []).append(row)
 out = []
 for rows in groups.values():
-    samples = [Sample(r["completion"][0]["content"], r["reward"], r["label"], 0, False) for r in rows]
+    samples = [
+        Sample(r["completion"][0]["content"], r["reward"], r["label"], 0, False) for r in rows
+    ]
     for c, r in select_pairs(samples, len(rows) ** 2, "all"):
         good, bad = rows[c], rows[r]
-        out.append({"prompt": good["prompt"], "chosen": good["completion"], "rejected": bad["completion"],
-                    "id": good["id"], "answer": good["answer"], "chosen_reward": good["reward"],
-                    "rejected_reward": bad["reward"], "flipped": False})
+        out.append(
+            {
+                "prompt": good["prompt"],
+                "chosen": good["completion"],
+                "rejected": bad["completion"],
+                "id": good["id"],
+                "answer": good["answer"],
+                "chosen_reward": good["reward"],
+                "rejected_reward": bad["reward"],
+                "flipped": False,
+            }
+        )
 with open(dst, "w") as f:
     f.writelines(json.dumps(row) + "\n" for row in out)
 print(f"{len(out)} pairs from {len(groups)} prompts -> {dst}")

@@ -27,7 +27,13 @@ for scores in sys.argv[1:]:
     groups: dict[str, list[bool]] = {}
     for r in json.load(open(scores))["rows"]:
         p, right = pairs[r["id"]], r["chosen_reward"] > r["rejected_reward"]
-        only_c = bool(WELL_FORMED.match(text(p["chosen"])) and WELL_FORMED.match(text(p["rejected"])))
-        for g in ("all", "first 108" if r["id"] in first else "new", "only c differs" if only_c else "other"):
+        only_c = bool(
+            WELL_FORMED.match(text(p["chosen"])) and WELL_FORMED.match(text(p["rejected"]))
+        )
+        for g in (
+            "all",
+            "first 108" if r["id"] in first else "new",
+            "only c differs" if only_c else "other",
+        ):
             groups.setdefault(g, []).append(right)
     print(scores, {g: f"{sum(v)}/{len(v)} = {sum(v) / len(v):.1%}" for g, v in groups.items()})

@@ -37,4 +37,6 @@ for r in rows:
     prefix = render_prompt(tok, r["prompt"]) + c.group(1)
     n += 1
     wins += result_logp(prefix, c.group(2)) > result_logp(prefix, x.group(2))
-print(f"{n} of {len(rows)} held-out pairs have two well-formed answers; the base LM prefers the correct result in {wins / n:.1%}")
+print(
+    f"{n} of {len(rows)} held-out pairs have two well-formed answers; the base LM prefers the correct result in {wins / n:.1%}"
+)

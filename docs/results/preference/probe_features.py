@@ -46,6 +46,8 @@ f_train, f_test = features(train), features(test)
 for k in ("sum_logp", "mean_logp"):
     acc = (f_test[k][:, 0] > f_test[k][:, 1]).float().mean().item()
     print(f"{k}: held-out pair accuracy {acc:.3f}")
+
+
 def probe(x_train, x_test, wd):
     """L2-regularised logistic regression on standardised feature differences."""
     sd = x_train.std(0) + 1e-6

@@ -51,8 +51,11 @@ STEP_KEYS = ("step_s", "generate_s", "score_s", "reference_s", "train_s", "other
 # ------------------------------------------------------------------------------- GEMM peak
 
 
-def gemm_peak(sizes: tuple[int, ...] = (256, 512, 1024, 2048), min_time: float = 0.3,
-              threads: int | None = None) -> dict:
+def gemm_peak(
+    sizes: tuple[int, ...] = (256, 512, 1024, 2048),
+    min_time: float = 0.3,
+    threads: int | None = None,
+) -> dict:
     """Best fp32 torch.matmul rate over square sizes: {"best_gflops", "gflops_by_size"}."""
     import torch
 
@@ -114,18 +117,29 @@ class Worker:
         self.log_path = workdir / f"{name}.log"
         job_path = workdir / f"{name}.json"
         job_path.write_text(json.dumps({**job, "tool": tool}))
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-               "HF_DATASETS_CACHE": str(workdir / "hf-datasets")}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "HF_DATASETS_CACHE": str(workdir / "hf-datasets"),
+        }
         if job.get("threads"):
             env["OMP_NUM_THREADS"] = str(job["threads"])
         self.last_step = 0  # the last data step the worker reported
         self.last_rss_mb = 0.0  # the last peak RSS it reported
         self.oom_before = oom_kills()
         self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen([sys.executable, "-m", "lmpo.bench.worker", str(job_path)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lmpo.bench.worker", str(job_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+        )
 
     def read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -161,7 +175,7 @@ class Worker:
             self.proc.kill()
             self.proc.wait()
         code = self.proc.returncode
-        where = (f"after data step {self.last_step}" if self.last_step else "before its first step")
+        where = f"after data step {self.last_step}" if self.last_step else "before its first step"
         where += f", last reported peak RSS {self.last_rss_mb:.0f} MB" if self.last_rss_mb else ""
         if code is not None and code < 0:
             try:
@@ -174,12 +188,21 @@ class Worker:
                     return WorkerError(
                         f"killed by the kernel's OOM killer (SIGKILL, exit {code}; /proc/vmstat oom_kill "
                         f"+{after - self.oom_before} while it ran) {where}: the machine ran out of memory; "
-                        f"log: {self._tail()}", status="out of memory")
-                why = ("no OOM kill was recorded in /proc/vmstat meanwhile" if after is not None
-                       else "/proc/vmstat is unreadable, so an OOM kill can't be confirmed")
-                return WorkerError(f"killed by SIGKILL (exit {code}) {where}; {why}; log: {self._tail()}",
-                                   status="killed")
-            return WorkerError(f"killed by {sig} (exit {code}) {where}; log: {self._tail()}", status="killed")
+                        f"log: {self._tail()}",
+                        status="out of memory",
+                    )
+                why = (
+                    "no OOM kill was recorded in /proc/vmstat meanwhile"
+                    if after is not None
+                    else "/proc/vmstat is unreadable, so an OOM kill can't be confirmed"
+                )
+                return WorkerError(
+                    f"killed by SIGKILL (exit {code}) {where}; {why}; log: {self._tail()}",
+                    status="killed",
+                )
+            return WorkerError(
+                f"killed by {sig} (exit {code}) {where}; log: {self._tail()}", status="killed"
+            )
         return WorkerError(f"worker exited (code {code}) {where}; log: {self._tail()}")
 
     def close(self) -> dict | None:
@@ -210,7 +233,9 @@ class Worker:
         return f"{self.log_path}: ...{text[-n:]}" if text else str(self.log_path)
 
 
-def start_worker(tool: str, job: dict, workdir: Path, name: str | None = None) -> tuple[Worker | None, dict]:
+def start_worker(
+    tool: str, job: dict, workdir: Path, name: str | None = None
+) -> tuple[Worker | None, dict]:
     """Start a worker and wait for its set-up: (worker, {"status": "ok", "setup": ...}), or
     (None, {"status", "message"}) when the tool is missing, unavailable or failed to set up."""
     if tool == "trl" and not trl_installed():
@@ -230,8 +255,16 @@ def start_worker(tool: str, job: dict, workdir: Path, name: str | None = None) -
 # --------------------------------------------------------------------------------- one config
 
 
-def run_config(spec: BenchSpec, tools: list[str], steps: int, threads: int | None, workdir: Path,
-               log=print, alternate: str = "rounds", rounds: int = 2) -> dict:
+def run_config(
+    spec: BenchSpec,
+    tools: list[str],
+    steps: int,
+    threads: int | None,
+    workdir: Path,
+    log=print,
+    alternate: str = "rounds",
+    rounds: int = 2,
+) -> dict:
     """Per tool: {"status", "message"?, "setup", "warmup", "steps": [measured step records],
     "final_peak_rss_mb"?}, and in rounds mode also "rounds": one entry per worker process."""
     job = {**prepare(spec, workdir), "workdir": str(workdir), "threads": threads}
@@ -242,14 +275,18 @@ def run_config(spec: BenchSpec, tools: list[str], steps: int, threads: int | Non
     raise ValueError(f"--alternate: unknown {alternate!r}; valid: {', '.join(ALTERNATE)}")
 
 
-def _run_steps(spec: BenchSpec, job: dict, tools: list[str], steps: int, workdir: Path, log) -> dict:
+def _run_steps(
+    spec: BenchSpec, job: dict, tools: list[str], steps: int, workdir: Path, log
+) -> dict:
     """Both workers alive at once; one warm-up step each, then measured steps alternate tools."""
     job = {**job, "total_steps": steps + 1, "first_step": 1}
     results: dict[str, dict] = {}
     workers: dict[str, Worker] = {}
     try:
         for tool in tools:
-            w, res = start_worker(tool, {**job, "workdir": str(_tool_dir(workdir, spec, tool))}, workdir)
+            w, res = start_worker(
+                tool, {**job, "workdir": str(_tool_dir(workdir, spec, tool))}, workdir
+            )
             results[tool] = res
             if w is None:
                 continue
@@ -270,7 +307,9 @@ def _run_steps(spec: BenchSpec, job: dict, tools: list[str], steps: int, workdir
                     results[tool]["warmup"] = rec
                 else:
                     results[tool]["steps"].append(rec)
-                log(f"  {tool}: {'warm-up' if i == 0 else f'step {i}/{steps}'} {rec['step_s']:.2f}s")
+                log(
+                    f"  {tool}: {'warm-up' if i == 0 else f'step {i}/{steps}'} {rec['step_s']:.2f}s"
+                )
         for tool, w in workers.items():
             last = w.close()
             if last and last.get("event") == "done":
@@ -282,8 +321,9 @@ def _run_steps(spec: BenchSpec, job: dict, tools: list[str], steps: int, workdir
     return results
 
 
-def _run_rounds(spec: BenchSpec, job: dict, tools: list[str], steps: int, rounds: int, workdir: Path,
-                log) -> dict:
+def _run_rounds(
+    spec: BenchSpec, job: dict, tools: list[str], steps: int, rounds: int, workdir: Path, log
+) -> dict:
     """One worker process alive at a time: per round, each tool in turn runs a warm-up and
     `steps` measured steps in a fresh process that then exits. Rounds alternate the order
     (odd: `tools` as given, even: reversed) so slow drifts of the machine hit both tools alike.
@@ -296,7 +336,7 @@ def _run_rounds(spec: BenchSpec, job: dict, tools: list[str], steps: int, rounds
     results: dict[str, dict] = {}
     for r in range(1, rounds + 1):
         first = (r - 1) * per_round + 1
-        for tool in (tools if r % 2 else tools[::-1]):
+        for tool in tools if r % 2 else tools[::-1]:
             if results.get(tool, {}).get("status", "ok") != "ok":
                 continue
             res = _one_round(spec, job, tool, steps, r, first, workdir, log)
@@ -304,23 +344,39 @@ def _run_rounds(spec: BenchSpec, job: dict, tools: list[str], steps: int, rounds
                 if res["status"] != "ok" and "setup" not in res:  # never started: nothing to keep
                     results[tool] = {k: res[k] for k in ("status", "message") if k in res}
                     continue
-                results[tool] = {"status": "ok", "setup": res.get("setup"), "warmup": res.get("warmup"),
-                                 "steps": [], "rounds": []}
+                results[tool] = {
+                    "status": "ok",
+                    "setup": res.get("setup"),
+                    "warmup": res.get("warmup"),
+                    "steps": [],
+                    "rounds": [],
+                }
             out = results[tool]
             out["steps"] += res.get("steps", [])
-            out["rounds"].append({"round": r, "first_step": first, **{k: res[k] for k in res if k != "steps"},
-                                  "measured_steps": len(res.get("steps", []))})
+            out["rounds"].append(
+                {
+                    "round": r,
+                    "first_step": first,
+                    **{k: res[k] for k in res if k != "steps"},
+                    "measured_steps": len(res.get("steps", [])),
+                }
+            )
             if "final_peak_rss_mb" in res:
-                out["final_peak_rss_mb"] = max(out.get("final_peak_rss_mb", 0.0), res["final_peak_rss_mb"])
+                out["final_peak_rss_mb"] = max(
+                    out.get("final_peak_rss_mb", 0.0), res["final_peak_rss_mb"]
+                )
             if res["status"] != "ok":
                 out["status"], out["message"] = res["status"], f"round {r}: {res['message']}"
     return results
 
 
-def _one_round(spec: BenchSpec, job: dict, tool: str, steps: int, r: int, first: int, workdir: Path,
-               log) -> dict:
+def _one_round(
+    spec: BenchSpec, job: dict, tool: str, steps: int, r: int, first: int, workdir: Path, log
+) -> dict:
     """One tool's process for round r: set-up, warm-up at data step `first`, `steps` measured steps."""
-    tool_dir = _tool_dir(workdir, spec, tool) / f"round-{r}"  # fresh run dir: nothing cached from before
+    tool_dir = (
+        _tool_dir(workdir, spec, tool) / f"round-{r}"
+    )  # fresh run dir: nothing cached from before
     tool_dir.mkdir(parents=True, exist_ok=True)
     job = {**job, "workdir": str(tool_dir), "total_steps": steps + 1, "first_step": first}
     w, res = start_worker(tool, job, workdir, name=f"{spec.name}-{tool}-round{r}")
@@ -341,8 +397,10 @@ def _one_round(spec: BenchSpec, job: dict, tool: str, steps: int, r: int, first:
                 res["warmup"] = rec
             else:
                 res["steps"].append(rec)
-            log(f"  round {r}, {tool}: {'warm-up' if i == 0 else f'step {i}/{steps}'} "
-                f"(data step {rec['step']}) {rec['step_s']:.2f}s")
+            log(
+                f"  round {r}, {tool}: {'warm-up' if i == 0 else f'step {i}/{steps}'} "
+                f"(data step {rec['step']}) {rec['step_s']:.2f}s"
+            )
     finally:
         last = w.close()  # the process has exited before the next one starts
     if last and last.get("event") == "done":
@@ -378,14 +436,22 @@ def summarize(tool_result: dict, peak_gflops: float) -> dict:
     # counts only what was run (a shared prompt once), so its utilisation can't exceed 100%
     flops = [6.0 * params * r["tokens"] / r["train_s"] for r in steps if r["train_s"] > 0]
     gflops = statistics.median(flops) / 1e9 if flops else 0.0
-    hw = [6.0 * params * r.get("encoded_tokens", r["tokens"]) / r["train_s"] for r in steps if r["train_s"] > 0]
+    hw = [
+        6.0 * params * r.get("encoded_tokens", r["tokens"]) / r["train_s"]
+        for r in steps
+        if r["train_s"] > 0
+    ]
     hw_gflops = statistics.median(hw) / 1e9 if hw else 0.0
     peak_rss = max([r["peak_rss_mb"] for r in steps] + [tool_result.get("final_peak_rss_mb", 0.0)])
-    setups = [x["setup"] for x in tool_result.get("rounds") or [] if x.get("setup")] or [tool_result["setup"]]
+    setups = [x["setup"] for x in tool_result.get("rounds") or [] if x.get("setup")] or [
+        tool_result["setup"]
+    ]
     return {
         **med,
         "tokens_per_s": statistics.median(r["tokens"] / r["step_s"] for r in steps),
-        "generated_tokens_per_s": statistics.median(r["generated_tokens"] / r["step_s"] for r in steps),
+        "generated_tokens_per_s": statistics.median(
+            r["generated_tokens"] / r["step_s"] for r in steps
+        ),
         "tokens_per_step": statistics.mean(r["tokens"] for r in steps),
         "prompt_tokens_per_step": statistics.mean(r["prompt_tokens"] for r in steps),
         "generated_tokens_per_step": statistics.mean(r["generated_tokens"] for r in steps),
@@ -429,18 +495,32 @@ def versions() -> dict:
 def order_text(alternate: str, rounds: int, tools) -> str:
     tools = list(tools)
     if alternate == "steps":
-        return ("both workers alive at once; one warm-up step per tool, then alternating measured steps: "
-                + ", ".join(tools))
+        return (
+            "both workers alive at once; one warm-up step per tool, then alternating measured steps: "
+            + ", ".join(tools)
+        )
     rev = f", even rounds {', '.join(tools[::-1])}" if len(tools) > 1 and rounds > 1 else ""
-    return (f"{rounds} round(s); per round one worker process per tool, one alive at a time, each "
-            f"running one warm-up and the measured steps, then exiting; odd rounds {', '.join(tools)}{rev}; "
-            "each round continues at the data step where the tool's previous round stopped")
+    return (
+        f"{rounds} round(s); per round one worker process per tool, one alive at a time, each "
+        f"running one warm-up and the measured steps, then exiting; odd rounds {', '.join(tools)}{rev}; "
+        "each round continues at the data step where the tool's previous round stopped"
+    )
 
 
-def run_bench(configs: list[str], *, steps: int = 5, threads: int | None = None, tools=TOOLS,
-              out: str | Path | None = None, workdir: str | Path | None = None, keep: bool = False,
-              gemm_sizes: tuple[int, ...] = (256, 512, 1024, 2048), alternate: str = "rounds",
-              rounds: int = 2, log=print) -> dict:
+def run_bench(
+    configs: list[str],
+    *,
+    steps: int = 5,
+    threads: int | None = None,
+    tools=TOOLS,
+    out: str | Path | None = None,
+    workdir: str | Path | None = None,
+    keep: bool = False,
+    gemm_sizes: tuple[int, ...] = (256, 512, 1024, 2048),
+    alternate: str = "rounds",
+    rounds: int = 2,
+    log=print,
+) -> dict:
     """Run `configs` for `tools`; returns (and writes to `out`) the results dict.
 
     ``alternate="rounds"`` (default): `rounds` rounds, each tool's `steps` measured steps of a
@@ -468,7 +548,9 @@ def run_bench(configs: list[str], *, steps: int = 5, threads: int | None = None,
         rows = []
         for spec in specs:
             log(f"{spec.name}: {spec.description}")
-            raw = run_config(spec, list(tools), steps, threads, wd, log=log, alternate=alternate, rounds=rounds)
+            raw = run_config(
+                spec, list(tools), steps, threads, wd, log=log, alternate=alternate, rounds=rounds
+            )
             rows.append({"config": spec.name, "spec": spec.to_dict(), "raw": raw})
         gemm_after = gemm_peak(gemm_sizes, threads=threads)
     finally:
@@ -476,20 +558,32 @@ def run_bench(configs: list[str], *, steps: int = 5, threads: int | None = None,
             shutil.rmtree(wd, ignore_errors=True)
     peak = max(gemm_before["best_gflops"], gemm_after["best_gflops"])
     results = {
-        "meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "steps": steps, "warmup_steps": 1,
-                 "alternate": alternate, "rounds": rounds, "measured_steps_per_tool": steps * rounds,
-                 "threads": threads, "cpu_count": os.cpu_count(), "machine": platform.machine(),
-                 "processor": platform.processor(), "versions": versions(),
-                 "order": order_text(alternate, rounds, tools)},
+        "meta": {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "steps": steps,
+            "warmup_steps": 1,
+            "alternate": alternate,
+            "rounds": rounds,
+            "measured_steps_per_tool": steps * rounds,
+            "threads": threads,
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "versions": versions(),
+            "order": order_text(alternate, rounds, tools),
+        },
         "gemm": {"best_gflops": peak, "before": gemm_before, "after": gemm_after},
         "configs": [],
     }
     for row in rows:
         summary = {t: summarize(row["raw"][t], peak) for t in row["raw"]}
-        status = {t: {k: row["raw"][t][k] for k in ("status", "message") if k in row["raw"][t]}
-                  for t in row["raw"]}
-        results["configs"].append({**row, "status": status, "summary": summary,
-                                   "ratios": ratios(summary)})
+        status = {
+            t: {k: row["raw"][t][k] for k in ("status", "message") if k in row["raw"][t]}
+            for t in row["raw"]
+        }
+        results["configs"].append(
+            {**row, "status": status, "summary": summary, "ratios": ratios(summary)}
+        )
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=1))
@@ -498,11 +592,18 @@ def run_bench(configs: list[str], *, steps: int = 5, threads: int | None = None,
 
 # ---------------------------------------------------------------------------------- output
 
-COLUMNS = [("s/step", "step_s", "{:.2f}"), ("gen s", "generate_s", "{:.2f}"),
-           ("ref s", "reference_s", "{:.2f}"), ("train s", "train_s", "{:.2f}"),
-           ("other s", "other_s", "{:.2f}"), ("tok/s", "tokens_per_s", "{:.0f}"),
-           ("RSS MB", "peak_rss_mb", "{:.0f}"), ("model GFLOP/s", "train_gflops", "{:.1f}"),
-           ("hw GFLOP/s", "train_hw_gflops", "{:.1f}"), ("util", "train_flop_utilisation", "{:.1%}")]
+COLUMNS = [
+    ("s/step", "step_s", "{:.2f}"),
+    ("gen s", "generate_s", "{:.2f}"),
+    ("ref s", "reference_s", "{:.2f}"),
+    ("train s", "train_s", "{:.2f}"),
+    ("other s", "other_s", "{:.2f}"),
+    ("tok/s", "tokens_per_s", "{:.0f}"),
+    ("RSS MB", "peak_rss_mb", "{:.0f}"),
+    ("model GFLOP/s", "train_gflops", "{:.1f}"),
+    ("hw GFLOP/s", "train_hw_gflops", "{:.1f}"),
+    ("util", "train_flop_utilisation", "{:.1%}"),
+]
 
 
 def table_rows(results: dict) -> list[list[str]]:
@@ -517,8 +618,22 @@ def table_rows(results: dict) -> list[list[str]]:
             out.append([c["config"], tool, *cells])
         r = c["ratios"]
         if r:
-            out.append([c["config"], "lmpo/TRL", f"x{r['step_time_lmpo_over_trl']:.2f}", "", "", "", "",
-                        f"x{r['throughput_lmpo_over_trl']:.2f}", f"x{r['peak_rss_lmpo_over_trl']:.2f}", "", "", ""])
+            out.append(
+                [
+                    c["config"],
+                    "lmpo/TRL",
+                    f"x{r['step_time_lmpo_over_trl']:.2f}",
+                    "",
+                    "",
+                    "",
+                    "",
+                    f"x{r['throughput_lmpo_over_trl']:.2f}",
+                    f"x{r['peak_rss_lmpo_over_trl']:.2f}",
+                    "",
+                    "",
+                    "",
+                ]
+            )
     return out
 
 
@@ -528,16 +643,20 @@ def print_table(results: dict) -> None:
 
     console = Console(width=max(Console().width, 130))
     m = results["meta"]
-    t = Table(title=f"lmpo bench: medians of {measured_text(m)}, {m['threads']} threads; "
-                    f"GEMM peak {results['gemm']['best_gflops']:.1f} GFLOP/s")
+    t = Table(
+        title=f"lmpo bench: medians of {measured_text(m)}, {m['threads']} threads; "
+        f"GEMM peak {results['gemm']['best_gflops']:.1f} GFLOP/s"
+    )
     for name in ["config", "tool"] + [c[0] for c in COLUMNS]:
         t.add_column(name, justify="left" if name in ("config", "tool") else "right", no_wrap=True)
     for row in table_rows(results):
         t.add_row(*row)
     console.print(t)
-    console.print("time columns: median seconds per step; model GFLOP/s: 6 x params x step tokens (every "
-                  "prompt copy) / train s; hw GFLOP/s: the same over tokens actually encoded; util: hw "
-                  "GFLOP/s over the GEMM peak; lmpo/TRL row: step time, tokens/s and peak RSS ratios")
+    console.print(
+        "time columns: median seconds per step; model GFLOP/s: 6 x params x step tokens (every "
+        "prompt copy) / train s; hw GFLOP/s: the same over tokens actually encoded; util: hw "
+        "GFLOP/s over the GEMM peak; lmpo/TRL row: step time, tokens/s and peak RSS ratios"
+    )
     for c in results["configs"]:
         for tool, st in c["status"].items():
             if st.get("status") != "ok" and st.get("message"):
@@ -549,8 +668,10 @@ def measured_text(meta: dict) -> str:
     if meta.get("alternate", "steps") == "steps":
         return f"{meta['steps']} alternating steps after one warm-up step per tool (both processes alive)"
     r = meta["rounds"]
-    return (f"{r} round{'s' if r != 1 else ''} x {meta['steps']} steps per tool, each round one process per "
-            "tool (one alive at a time) with its own warm-up step")
+    return (
+        f"{r} round{'s' if r != 1 else ''} x {meta['steps']} steps per tool, each round one process per "
+        "tool (one alive at a time) with its own warm-up step"
+    )
 
 
 def markdown(results: dict) -> str:

@@ -63,9 +63,16 @@ def current_rss_mb() -> float:
         return float("nan")
 
 
-def record(step_s: float, generate_s: float = 0.0, score_s: float = 0.0, reference_s: float = 0.0,
-           train_s: float = 0.0, prompt_tokens: int = 0, generated_tokens: int = 0,
-           encoded_tokens: int | None = None) -> dict:
+def record(
+    step_s: float,
+    generate_s: float = 0.0,
+    score_s: float = 0.0,
+    reference_s: float = 0.0,
+    train_s: float = 0.0,
+    prompt_tokens: int = 0,
+    generated_tokens: int = 0,
+    encoded_tokens: int | None = None,
+) -> dict:
     tokens = int(prompt_tokens + generated_tokens)
     return {
         "step_s": step_s,
@@ -93,23 +100,40 @@ def lmpo_grpo_config(spec: dict, model_dir: str, workdir: Path, threads: int | N
     from lmpo.config import RunConfig
 
     B = spec["prompts"] * spec["completions"]
-    return RunConfig.model_validate({
-        "model": model_dir,
-        "task": {"name": "arithmetic", "params": spec["task_params"], "test_size": 1},
-        "rewards": [{"name": "correctness"}],
-        "batch": {"prompts_per_step": spec["prompts"], "completions_per_prompt": spec["completions"],
-                  "micro_batch_size": B},  # the whole step in one pass, as TRL below
-        "sampling": {"max_new_tokens": spec["max_new_tokens"], "temperature": 1.0, "top_p": 1.0},
-        "algorithm": {"advantage": {"name": "grpo"}, "policy_loss": {"name": "ppo_clip"},
-                      "kl": {"beta": spec["beta"], "estimator": "k3"}},
-        "optim": {"lr": spec["lr"], "betas": [0.9, 0.99], "weight_decay": 0.0, "grad_clip": 1.0,
-                  "schedule": "constant"},
-        "steps": 10_000,
-        "seed": spec["seed"],
-        "threads": threads,
-        "output_dir": str(workdir / "lmpo-run"),
-        "gradient_checkpointing": spec["gradient_checkpointing"],
-    })
+    return RunConfig.model_validate(
+        {
+            "model": model_dir,
+            "task": {"name": "arithmetic", "params": spec["task_params"], "test_size": 1},
+            "rewards": [{"name": "correctness"}],
+            "batch": {
+                "prompts_per_step": spec["prompts"],
+                "completions_per_prompt": spec["completions"],
+                "micro_batch_size": B,
+            },  # the whole step in one pass, as TRL below
+            "sampling": {
+                "max_new_tokens": spec["max_new_tokens"],
+                "temperature": 1.0,
+                "top_p": 1.0,
+            },
+            "algorithm": {
+                "advantage": {"name": "grpo"},
+                "policy_loss": {"name": "ppo_clip"},
+                "kl": {"beta": spec["beta"], "estimator": "k3"},
+            },
+            "optim": {
+                "lr": spec["lr"],
+                "betas": [0.9, 0.99],
+                "weight_decay": 0.0,
+                "grad_clip": 1.0,
+                "schedule": "constant",
+            },
+            "steps": 10_000,
+            "seed": spec["seed"],
+            "threads": threads,
+            "output_dir": str(workdir / "lmpo-run"),
+            "gradient_checkpointing": spec["gradient_checkpointing"],
+        }
+    )
 
 
 class LmpoGRPO:
@@ -129,8 +153,11 @@ class LmpoGRPO:
 
         online.sample_group = recording  # only in this worker process
         self.first = int(job.get("first_step", 1))
-        self.info = {"params": n_params(self.ctx.model), "ref_once_s": 0.0,
-                     "checkpointing": checkpointing_enabled(self.ctx.model)}
+        self.info = {
+            "params": n_params(self.ctx.model),
+            "ref_once_s": 0.0,
+            "checkpointing": checkpointing_enabled(self.ctx.model),
+        }
 
     def run(self, wait: Wait, emit: Emit, total: int, ready: Callable[[], None]) -> None:
         ready()
@@ -142,9 +169,21 @@ class LmpoGRPO:
             r = self.rollout
             prompt = int(r.prompt_mask.sum())
             G = self.cfg.batch.completions_per_prompt
-            encoded = (prompt // G if self.ctx.shared_prefix else prompt) + int(r.response_mask.sum())
-            emit(record(dt, m["time/generate"], m["time/score"], m["time/reference"], m["time/train"],
-                        prompt, int(r.response_mask.sum()), encoded_tokens=encoded))
+            encoded = (prompt // G if self.ctx.shared_prefix else prompt) + int(
+                r.response_mask.sum()
+            )
+            emit(
+                record(
+                    dt,
+                    m["time/generate"],
+                    m["time/score"],
+                    m["time/reference"],
+                    m["time/train"],
+                    prompt,
+                    int(r.response_mask.sum()),
+                    encoded_tokens=encoded,
+                )
+            )
 
 
 class LmpoDPO:
@@ -154,27 +193,40 @@ class LmpoDPO:
 
             offline.preference_step  # noqa: B018 (the loop this side needs)
         except (ImportError, AttributeError) as e:
-            raise Unavailable(f"lmpo's offline preference loop is not available yet ({e})") from None
+            raise Unavailable(
+                f"lmpo's offline preference loop is not available yet ({e})"
+            ) from None
         from lmpo.config import PreferenceConfig
 
         spec = job["spec"]
         self.offline, self.spec = offline, spec
         self.first = int(job.get("first_step", 1))
-        self.cfg = PreferenceConfig.model_validate({
-            "model": job["model_dir"],
-            "loss": {"name": "dpo", "params": {"beta": spec["dpo_beta"]}},
-            "data": {"train_file": job["pairs_file"], "test_size": 0,
-                     "max_prompt_tokens": 4096, "max_completion_tokens": 4096},
-            "batch": {"pairs_per_step": spec["pairs"], "micro_batch_size": spec["pairs"]},
-            "optim": {"lr": spec["lr"], "betas": [0.9, 0.99], "weight_decay": 0.0, "grad_clip": 1.0,
-                      "schedule": "constant"},
-            "eval": {"at_start": False},
-            "steps": 10_000,
-            "seed": spec["seed"],
-            "threads": threads,
-            "output_dir": str(workdir / "lmpo-dpo-run"),
-            "gradient_checkpointing": spec["gradient_checkpointing"],
-        })
+        self.cfg = PreferenceConfig.model_validate(
+            {
+                "model": job["model_dir"],
+                "loss": {"name": "dpo", "params": {"beta": spec["dpo_beta"]}},
+                "data": {
+                    "train_file": job["pairs_file"],
+                    "test_size": 0,
+                    "max_prompt_tokens": 4096,
+                    "max_completion_tokens": 4096,
+                },
+                "batch": {"pairs_per_step": spec["pairs"], "micro_batch_size": spec["pairs"]},
+                "optim": {
+                    "lr": spec["lr"],
+                    "betas": [0.9, 0.99],
+                    "weight_decay": 0.0,
+                    "grad_clip": 1.0,
+                    "schedule": "constant",
+                },
+                "eval": {"at_start": False},
+                "steps": 10_000,
+                "seed": spec["seed"],
+                "threads": threads,
+                "output_dir": str(workdir / "lmpo-dpo-run"),
+                "gradient_checkpointing": spec["gradient_checkpointing"],
+            }
+        )
         ref_time = [0.0]
         reference_cache = offline.reference_cache
 
@@ -186,8 +238,11 @@ class LmpoDPO:
 
         offline.reference_cache = timed  # only in this worker process
         self.ctx = offline.build_context(self.cfg)
-        self.info = {"params": n_params(self.ctx.model), "ref_once_s": ref_time[0],
-                     "checkpointing": checkpointing_enabled(self.ctx.model)}
+        self.info = {
+            "params": n_params(self.ctx.model),
+            "ref_once_s": ref_time[0],
+            "checkpointing": checkpointing_enabled(self.ctx.model),
+        }
 
     def run(self, wait: Wait, emit: Emit, total: int, ready: Callable[[], None]) -> None:
         ready()
@@ -199,10 +254,19 @@ class LmpoDPO:
             dt = time.perf_counter() - t0
             rows = self.ctx.order.prompts_for_step(step, self.cfg.batch.pairs_per_step)
             prompt = sum(2 * len(data.prompts[i]) for i in rows)  # once per answer, as TRL feeds it
-            answers = sum(len(data.branches["chosen"][i]) + len(data.branches["rejected"][i]) for i in rows)
+            answers = sum(
+                len(data.branches["chosen"][i]) + len(data.branches["rejected"][i]) for i in rows
+            )
             encoded = (prompt // 2 if self.ctx.shared_prefix else prompt) + answers
-            emit(record(dt, train_s=m["time/step"], prompt_tokens=prompt, generated_tokens=answers,
-                        encoded_tokens=encoded))
+            emit(
+                record(
+                    dt,
+                    train_s=m["time/step"],
+                    prompt_tokens=prompt,
+                    generated_tokens=answers,
+                    encoded_tokens=encoded,
+                )
+            )
 
 
 # ------------------------------------------------------------------------------------- TRL
@@ -275,7 +339,9 @@ def _check_trl_args(trainer, keys: tuple[str, ...], spec: dict) -> dict:
     used = {k: getattr(a, k, None) for k in keys}
     used["dtype"] = str(next(trainer.model.parameters()).dtype)
     if bool(a.gradient_checkpointing) != spec["gradient_checkpointing"]:
-        raise RuntimeError(f"TRL's gradient_checkpointing is not the spec's ({spec['gradient_checkpointing']}): {used}")
+        raise RuntimeError(
+            f"TRL's gradient_checkpointing is not the spec's ({spec['gradient_checkpointing']}): {used}"
+        )
     if a.bf16 or a.fp16 or used["dtype"] != "torch.float32":
         raise RuntimeError(f"TRL is not running plain fp32: {used}")
     return used
@@ -287,11 +353,17 @@ def _check_checkpointing(model, used: dict, spec: dict) -> None:
     checkpointing on inside ``train()``, so this runs when training begins."""
     used["checkpointing"] = checkpointing_enabled(model)
     if used["checkpointing"] != spec["gradient_checkpointing"]:
-        raise RuntimeError(f"TRL's model checkpointing is not the spec's ({spec['gradient_checkpointing']}): {used}")
+        raise RuntimeError(
+            f"TRL's model checkpointing is not the spec's ({spec['gradient_checkpointing']}): {used}"
+        )
 
 
-def _pacing_callback(wait: Wait, on_end: Callable[[float], None], ready: Callable[[], None],
-                     check_model: Callable[[object], None]):
+def _pacing_callback(
+    wait: Wait,
+    on_end: Callable[[float], None],
+    ready: Callable[[], None],
+    check_model: Callable[[object], None],
+):
     from transformers import TrainerCallback
 
     class Pace(TrainerCallback):
@@ -321,7 +393,9 @@ class TrlGRPO:
 
         self.job, self.workdir = job, workdir
         spec = job["spec"]
-        cfg = lmpo_grpo_config(spec, job["model_dir"], workdir, threads)  # the same data and rewards
+        cfg = lmpo_grpo_config(
+            spec, job["model_dir"], workdir, threads
+        )  # the same data and rewards
         self.cfg = cfg
         self.data = load_data(cfg)
         self.rewards = RewardSet(cfg.rewards)
@@ -337,7 +411,9 @@ class TrlGRPO:
             texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
             lengths = [len(c) for c in completion_ids]
             truncated = [len(c) >= T and (not c or c[-1] not in eos) for c in completion_ids]
-            total, _, _ = self.rewards.score(texts, [examples[i] for i in row], lengths, truncated, T)
+            total, _, _ = self.rewards.score(
+                texts, [examples[i] for i in row], lengths, truncated, T
+            )
             return total.tolist()
 
         return lmpo_rewards
@@ -349,9 +425,15 @@ class TrlGRPO:
         spec, cfg = self.job["spec"], self.cfg
         # the prompts lmpo visits at steps first..first+total-1, in that order (TRL must not shuffle them)
         first = int(self.job.get("first_step", 1))
-        examples = [e for s in range(first, first + total) for e in self.data.prompts_for_step(s, spec["prompts"])]
-        rows = [{"prompt": self.prompt_messages(e.prompt, cfg.task.system_prompt), "row": i}
-                for i, e in enumerate(examples)]
+        examples = [
+            e
+            for s in range(first, first + total)
+            for e in self.data.prompts_for_step(s, spec["prompts"])
+        ]
+        rows = [
+            {"prompt": self.prompt_messages(e.prompt, cfg.task.system_prompt), "row": i}
+            for i, e in enumerate(examples)
+        ]
         B = spec["prompts"] * spec["completions"]
         args = GRPOConfig(
             **_trl_common(spec, self.workdir, total),
@@ -376,8 +458,17 @@ class TrlGRPO:
 
         def on_end(step_s: float) -> None:
             prep = timers.s["prepare"]
-            emit(record(step_s, timers.s["generate"], timers.s["score"], timers.s["reference"],
-                        step_s - prep, tokens.get("prompt", 0), tokens.get("generated", 0)))
+            emit(
+                record(
+                    step_s,
+                    timers.s["generate"],
+                    timers.s["score"],
+                    timers.s["reference"],
+                    step_s - prep,
+                    tokens.get("prompt", 0),
+                    tokens.get("generated", 0),
+                )
+            )
             timers.reset()
             tokens.clear()
 
@@ -385,15 +476,39 @@ class TrlGRPO:
             wait()
             timers.reset()
 
-        pace = _pacing_callback(begin, on_end, ready,
-                                lambda model: _check_checkpointing(model, self.info["trl_args"], spec))
-        trainer = GRPOTrainer(model=self.model, reward_funcs=self._reward_fn(examples), args=args,
-                              train_dataset=Dataset.from_list(rows), processing_class=self.tok,
-                              callbacks=[pace])
-        self.info["trl_args"] = _check_trl_args(trainer, (
-            "per_device_train_batch_size", "generation_batch_size", "steps_per_generation", "num_generations",
-            "num_iterations", "gradient_accumulation_steps", "max_completion_length", "beta", "loss_type",
-            "use_vllm", "gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16"), spec)
+        pace = _pacing_callback(
+            begin,
+            on_end,
+            ready,
+            lambda model: _check_checkpointing(model, self.info["trl_args"], spec),
+        )
+        trainer = GRPOTrainer(
+            model=self.model,
+            reward_funcs=self._reward_fn(examples),
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=self.tok,
+            callbacks=[pace],
+        )
+        self.info["trl_args"] = _check_trl_args(
+            trainer,
+            (
+                "per_device_train_batch_size",
+                "generation_batch_size",
+                "steps_per_generation",
+                "num_generations",
+                "num_iterations",
+                "gradient_accumulation_steps",
+                "max_completion_length",
+                "beta",
+                "loss_type",
+                "use_vllm",
+                "gradient_checkpointing",
+                "gradient_checkpointing_kwargs",
+                "bf16",
+            ),
+            spec,
+        )
         if trainer.args.generation_batch_size != B or trainer.args.steps_per_generation != 1:
             raise RuntimeError(f"TRL does not run the step in one pass: {self.info['trl_args']}")
 
@@ -408,10 +523,14 @@ class TrlGRPO:
         trainer._generate = timers.wrap("generate", counting_generate)
         trainer._calculate_rewards = timers.wrap("score", trainer._calculate_rewards)
         trainer._generate_and_score_completions = timers.wrap(
-            "prepare", trainer._generate_and_score_completions)
+            "prepare", trainer._generate_and_score_completions
+        )
         trainer._get_per_token_logps_and_entropies = timers.wrap(
-            lambda model, *a, **k: "reference" if model is trainer.ref_model and model is not None else None,
-            trainer._get_per_token_logps_and_entropies)
+            lambda model, *a, **k: (
+                "reference" if model is trainer.ref_model and model is not None else None
+            ),
+            trainer._get_per_token_logps_and_entropies,
+        )
         trainer.train()
 
 
@@ -441,8 +560,15 @@ class TrlDPO:
 
         def on_end(step_s: float) -> None:
             ref = timers.s["reference"]
-            emit(record(step_s, reference_s=ref, train_s=step_s - ref,
-                        prompt_tokens=counts["prompt"], generated_tokens=counts["answers"]))
+            emit(
+                record(
+                    step_s,
+                    reference_s=ref,
+                    train_s=step_s - ref,
+                    prompt_tokens=counts["prompt"],
+                    generated_tokens=counts["answers"],
+                )
+            )
             timers.reset()
 
         def begin() -> None:
@@ -452,18 +578,40 @@ class TrlDPO:
         precompute = DPOTrainer._precompute_ref_logps
         DPOTrainer._precompute_ref_logps = timers.wrap("ref_once", precompute)
         rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in self.rows]
-        pace = _pacing_callback(begin, on_end, ready,
-                                lambda model: _check_checkpointing(model, self.info["trl_args"], spec))
-        trainer = DPOTrainer(model=self.model, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=self.tok, callbacks=[pace])
+        pace = _pacing_callback(
+            begin,
+            on_end,
+            ready,
+            lambda model: _check_checkpointing(model, self.info["trl_args"], spec),
+        )
+        trainer = DPOTrainer(
+            model=self.model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=self.tok,
+            callbacks=[pace],
+        )
         self.info["ref_once_s"] = timers.s["ref_once"]
-        self.info["trl_args"] = _check_trl_args(trainer, (
-            "per_device_train_batch_size", "gradient_accumulation_steps", "beta", "loss_type",
-            "precompute_ref_log_probs", "max_length", "gradient_checkpointing", "gradient_checkpointing_kwargs",
-            "bf16"), spec)
+        self.info["trl_args"] = _check_trl_args(
+            trainer,
+            (
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "beta",
+                "loss_type",
+                "precompute_ref_log_probs",
+                "max_length",
+                "gradient_checkpointing",
+                "gradient_checkpointing_kwargs",
+                "bf16",
+            ),
+            spec,
+        )
         ds = trainer.train_dataset  # every step takes all rows (one batch = the whole data set)
         counts["prompt"] = sum(2 * len(p) for p in ds["prompt_ids"])
-        counts["answers"] = sum(len(c) + len(r) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"], strict=True))
+        counts["answers"] = sum(
+            len(c) + len(r) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"], strict=True)
+        )
         if trainer.ref_model is not None:
             starts: list[float] = []
             ref = trainer.accelerator.unwrap_model(trainer.ref_model)
@@ -480,5 +628,9 @@ class Unavailable(RuntimeError):
     """This side cannot run this configuration (reported as such, never faked)."""
 
 
-SIDES = {("lmpo", "grpo"): LmpoGRPO, ("lmpo", "dpo"): LmpoDPO,
-         ("trl", "grpo"): TrlGRPO, ("trl", "dpo"): TrlDPO}
+SIDES = {
+    ("lmpo", "grpo"): LmpoGRPO,
+    ("lmpo", "dpo"): LmpoDPO,
+    ("trl", "grpo"): TrlGRPO,
+    ("trl", "dpo"): TrlDPO,
+}

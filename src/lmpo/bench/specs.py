@@ -68,38 +68,117 @@ class BenchSpec:
 SPECS: dict[str, BenchSpec] = {
     s.name: s
     for s in [
-        BenchSpec("grpo-smollm2", "grpo", "embedded",
-                  "GRPO, SmolLM2-135M, 8 prompts x 8 completions, <=64 new tokens, beta 0"),
-        BenchSpec("grpo-smollm2-kl", "grpo", "embedded",
-                  "as grpo-smollm2 with a KL term (beta 0.04, reference model)", beta=0.04),
-        BenchSpec("grpo-smollm2-ckpt", "grpo", "embedded",
-                  "as grpo-smollm2, both tools with activation checkpointing", gradient_checkpointing=True),
-        BenchSpec("grpo-tiny-llama", "grpo", "tiny-llama",
-                  "GRPO, random Llama 4x256, vocab 49k, 8 x 8, <=64 new tokens, beta 0"),
-        BenchSpec("dpo-smollm2", "dpo", "embedded",
-                  "DPO (sigmoid), SmolLM2-135M, 8 pairs, prompt ~30 + answers ~64 tokens; "
-                  "TRL computes reference log-probs every step (its default)", lr=5e-6),
-        BenchSpec("dpo-smollm2-precompute", "dpo", "embedded",
-                  "as dpo-smollm2 with TRL's precompute_ref_log_probs=True", lr=5e-6,
-                  trl_precompute_ref=True),
-        BenchSpec("dpo-smollm2-ckpt", "dpo", "embedded",
-                  "as dpo-smollm2, both tools with activation checkpointing", lr=5e-6,
-                  gradient_checkpointing=True),
-        BenchSpec("test-grpo", "grpo", "tiny",
-                  "tests: tiny random model, 2 prompts x 2 completions, 4 new tokens",
-                  prompts=2, completions=2, max_new_tokens=4, task_params={"style": "bare"}),
-        BenchSpec("test-grpo-kl", "grpo", "tiny", "tests: test-grpo with beta 0.04",
-                  prompts=2, completions=2, max_new_tokens=4, beta=0.04,
-                  task_params={"style": "bare"}),
-        BenchSpec("test-grpo-ckpt", "grpo", "tiny", "tests: test-grpo with activation checkpointing on both sides",
-                  prompts=2, completions=2, max_new_tokens=4, gradient_checkpointing=True,
-                  task_params={"style": "bare"}),
-        BenchSpec("test-dpo", "dpo", "tiny", "tests: tiny random model, 2 pairs, short answers",
-                  pairs=2, prompt_tokens=8, answer_tokens=8),
-        BenchSpec("test-dpo-precompute", "dpo", "tiny", "tests: test-dpo with TRL's precompute_ref_log_probs",
-                  pairs=2, prompt_tokens=8, answer_tokens=8, trl_precompute_ref=True),
-        BenchSpec("test-dpo-ckpt", "dpo", "tiny", "tests: test-dpo with activation checkpointing on both sides",
-                  pairs=2, prompt_tokens=8, answer_tokens=8, gradient_checkpointing=True),
+        BenchSpec(
+            "grpo-smollm2",
+            "grpo",
+            "embedded",
+            "GRPO, SmolLM2-135M, 8 prompts x 8 completions, <=64 new tokens, beta 0",
+        ),
+        BenchSpec(
+            "grpo-smollm2-kl",
+            "grpo",
+            "embedded",
+            "as grpo-smollm2 with a KL term (beta 0.04, reference model)",
+            beta=0.04,
+        ),
+        BenchSpec(
+            "grpo-smollm2-ckpt",
+            "grpo",
+            "embedded",
+            "as grpo-smollm2, both tools with activation checkpointing",
+            gradient_checkpointing=True,
+        ),
+        BenchSpec(
+            "grpo-tiny-llama",
+            "grpo",
+            "tiny-llama",
+            "GRPO, random Llama 4x256, vocab 49k, 8 x 8, <=64 new tokens, beta 0",
+        ),
+        BenchSpec(
+            "dpo-smollm2",
+            "dpo",
+            "embedded",
+            "DPO (sigmoid), SmolLM2-135M, 8 pairs, prompt ~30 + answers ~64 tokens; "
+            "TRL computes reference log-probs every step (its default)",
+            lr=5e-6,
+        ),
+        BenchSpec(
+            "dpo-smollm2-precompute",
+            "dpo",
+            "embedded",
+            "as dpo-smollm2 with TRL's precompute_ref_log_probs=True",
+            lr=5e-6,
+            trl_precompute_ref=True,
+        ),
+        BenchSpec(
+            "dpo-smollm2-ckpt",
+            "dpo",
+            "embedded",
+            "as dpo-smollm2, both tools with activation checkpointing",
+            lr=5e-6,
+            gradient_checkpointing=True,
+        ),
+        BenchSpec(
+            "test-grpo",
+            "grpo",
+            "tiny",
+            "tests: tiny random model, 2 prompts x 2 completions, 4 new tokens",
+            prompts=2,
+            completions=2,
+            max_new_tokens=4,
+            task_params={"style": "bare"},
+        ),
+        BenchSpec(
+            "test-grpo-kl",
+            "grpo",
+            "tiny",
+            "tests: test-grpo with beta 0.04",
+            prompts=2,
+            completions=2,
+            max_new_tokens=4,
+            beta=0.04,
+            task_params={"style": "bare"},
+        ),
+        BenchSpec(
+            "test-grpo-ckpt",
+            "grpo",
+            "tiny",
+            "tests: test-grpo with activation checkpointing on both sides",
+            prompts=2,
+            completions=2,
+            max_new_tokens=4,
+            gradient_checkpointing=True,
+            task_params={"style": "bare"},
+        ),
+        BenchSpec(
+            "test-dpo",
+            "dpo",
+            "tiny",
+            "tests: tiny random model, 2 pairs, short answers",
+            pairs=2,
+            prompt_tokens=8,
+            answer_tokens=8,
+        ),
+        BenchSpec(
+            "test-dpo-precompute",
+            "dpo",
+            "tiny",
+            "tests: test-dpo with TRL's precompute_ref_log_probs",
+            pairs=2,
+            prompt_tokens=8,
+            answer_tokens=8,
+            trl_precompute_ref=True,
+        ),
+        BenchSpec(
+            "test-dpo-ckpt",
+            "dpo",
+            "tiny",
+            "tests: test-dpo with activation checkpointing on both sides",
+            pairs=2,
+            prompt_tokens=8,
+            answer_tokens=8,
+            gradient_checkpointing=True,
+        ),
     ]
 }
 DEFAULT_CONFIGS = ["grpo-smollm2", "grpo-smollm2-kl", "grpo-tiny-llama", "dpo-smollm2"]
@@ -108,7 +187,9 @@ DEFAULT_CONFIGS = ["grpo-smollm2", "grpo-smollm2-kl", "grpo-tiny-llama", "dpo-sm
 def get_specs(names: list[str]) -> list[BenchSpec]:
     unknown = [n for n in names if n not in SPECS]
     if unknown:
-        raise ValueError(f"--configs: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(SPECS)}")
+        raise ValueError(
+            f"--configs: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(SPECS)}"
+        )
     if not names:
         raise ValueError("--configs: give at least one configuration")
     return [SPECS[n] for n in names]
@@ -130,8 +211,16 @@ def model_dir(kind: str, workdir: Path) -> Path:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(embedded_dir()))
-        model, tok = tiny_model(tok, layers=4, hidden=256, heads=4, kv_heads=2, intermediate=1024,
-                                vocab_size=len(tok), seed=0)
+        model, tok = tiny_model(
+            tok,
+            layers=4,
+            hidden=256,
+            heads=4,
+            kv_heads=2,
+            intermediate=1024,
+            vocab_size=len(tok),
+            seed=0,
+        )
     elif kind == "tiny":
         model, tok = tiny_model(seed=0)
     else:
@@ -188,9 +277,17 @@ def write_pairs(spec: BenchSpec, tok, path: Path) -> Path:
     rng = random.Random(spec.seed)
     rows = []
     for i in range(spec.pairs):
-        prompt = user(_grow(spec.prompt_tokens, rng, lambda t: n(render_answers(tok, user(t), [])[0])))
+        prompt = user(
+            _grow(spec.prompt_tokens, rng, lambda t: n(render_answers(tok, user(t), [])[0]))
+        )
         chosen, rejected = (
-            answer(_grow(spec.answer_tokens, rng, lambda t, p=prompt: n(render_answers(tok, p, [answer(t)])[1][0])))
+            answer(
+                _grow(
+                    spec.answer_tokens,
+                    rng,
+                    lambda t, p=prompt: n(render_answers(tok, p, [answer(t)])[1][0]),
+                )
+            )
             for _ in range(2)
         )
         rows.append({"id": f"bench-{i}", "prompt": prompt, "chosen": chosen, "rejected": rejected})

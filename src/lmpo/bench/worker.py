@@ -43,14 +43,22 @@ def main(job_path: str) -> int:
             torch.set_num_threads(job["threads"])
         t0 = time.perf_counter()
         try:
-            side = SIDES[(job["tool"], job["spec"]["kind"])](job, Path(job["workdir"]), job.get("threads"))
+            side = SIDES[(job["tool"], job["spec"]["kind"])](
+                job, Path(job["workdir"]), job.get("threads")
+            )
         except Unavailable as e:
             send("unavailable", message=str(e))
             return 0
 
         def ready() -> None:
-            send("ready", setup_s=time.perf_counter() - t0, rss_after_setup_mb=current_rss_mb(),
-                 peak_rss_mb=peak_rss_mb(), threads=torch.get_num_threads(), **side.info)
+            send(
+                "ready",
+                setup_s=time.perf_counter() - t0,
+                rss_after_setup_mb=current_rss_mb(),
+                peak_rss_mb=peak_rss_mb(),
+                threads=torch.get_num_threads(),
+                **side.info,
+            )
 
         step = [int(job.get("first_step", 1)) - 1]
 

@@ -49,7 +49,9 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            raise DataError(
+                f"{path} line {lineno}: malformed JSON ({e.msg} at column {e.colno})"
+            ) from None
         if not isinstance(obj, dict):
             raise DataError(
                 f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}"
@@ -89,12 +91,18 @@ def _check_prompt(where: str, prompt: Any, key: str) -> str | list[dict]:
             raise DataError(f"{where}: message {j} is not an object with 'role' and 'content'")
         role, content = msg.get("role"), msg.get("content")
         if role not in ROLES:
-            raise DataError(f"{where}: message {j} has role {role!r}; expected one of {', '.join(ROLES)}")
+            raise DataError(
+                f"{where}: message {j} has role {role!r}; expected one of {', '.join(ROLES)}"
+            )
         if not isinstance(content, str):
-            raise DataError(f"{where}: message {j} content must be a string, got {type(content).__name__}")
+            raise DataError(
+                f"{where}: message {j} content must be a string, got {type(content).__name__}"
+            )
         messages.append({"role": role, "content": content})
     if messages[-1]["role"] != "user":
-        raise DataError(f"{where}: the last message must be a user turn, got {messages[-1]['role']!r}")
+        raise DataError(
+            f"{where}: the last message must be a user turn, got {messages[-1]['role']!r}"
+        )
     return messages
 
 
@@ -117,7 +125,9 @@ def load_examples(
         where = f"{path} line {lineno}"
         for key in (prompt_key, answer_key):
             if key not in row:
-                raise DataError(f"{where}: missing key {key!r} (keys: {', '.join(map(repr, row)) or 'none'})")
+                raise DataError(
+                    f"{where}: missing key {key!r} (keys: {', '.join(map(repr, row)) or 'none'})"
+                )
         prompt = _check_prompt(where, row[prompt_key], prompt_key)
         answer = _check_answer(where, row[answer_key], answer_key)
         rid = row.get("id")

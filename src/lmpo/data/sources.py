@@ -32,7 +32,9 @@ class TrainData:
         cache = self.__dict__.setdefault("_perms", {})
         if epoch not in cache:
             cache.clear()
-            cache[epoch] = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+            cache[epoch] = torch.randperm(
+                len(self.train), generator=torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            )
         return cache[epoch]
 
 

@@ -163,7 +163,10 @@ def is_submultiset(used: list[int], given: list[int]) -> bool:
 FORMATS: dict[str, tuple[str, Callable[[str], str]]] = {
     # name: (instruction, how a final answer is written)
     "line": ("End your reply with 'Answer: <{what}>'.", lambda a: f"Answer: {a}"),
-    "tag": ("Put the final {what} inside <answer></answer> tags.", lambda a: f"<answer>{a}</answer>"),
+    "tag": (
+        "Put the final {what} inside <answer></answer> tags.",
+        lambda a: f"<answer>{a}</answer>",
+    ),
 }
 
 # style -> (answer format or None for bare, one solved example as a previous turn?,
@@ -322,7 +325,11 @@ class Arithmetic:
         _check_level(self.name, difficulty, ARITH_LEVELS)
         build_prompt(style, "", what="number", demo=("", "", ""))  # validate style early
         probs = _generate(
-            self.name, split, n, seed, {"difficulty": difficulty},
+            self.name,
+            split,
+            n,
+            seed,
+            {"difficulty": difficulty},
             lambda rng: self._draw(rng, difficulty),
         )
         demo = ("What is 23 + 48?", "23 + 48 = 71", "71")
@@ -343,80 +350,153 @@ class Arithmetic:
 
 # --------------------------------------------------------------------- word problems
 
-NAMES = ["Ana", "Ben", "Carla", "Dev", "Emma", "Finn", "Gia", "Hugo", "Ivy", "Jon", "Kira", "Leo",
-         "Maya", "Noah", "Omar", "Pia", "Ravi", "Sara", "Tom", "Uma", "Vera", "Will", "Yara", "Zoe"]
+NAMES = [
+    "Ana",
+    "Ben",
+    "Carla",
+    "Dev",
+    "Emma",
+    "Finn",
+    "Gia",
+    "Hugo",
+    "Ivy",
+    "Jon",
+    "Kira",
+    "Leo",
+    "Maya",
+    "Noah",
+    "Omar",
+    "Pia",
+    "Ravi",
+    "Sara",
+    "Tom",
+    "Uma",
+    "Vera",
+    "Will",
+    "Yara",
+    "Zoe",
+]
 
 
 def _wp_shopping(r: random.Random) -> tuple[str, int, tuple[int, ...]]:
     a, b = r.randint(2, 6), r.randint(2, 10)
     c = r.randint(1, a * b - 1)
-    return ("{n} buys {a} bags of apples with {b} apples in each bag, then eats {c} apples. "
-            "How many apples does {n} have left?", a * b - c, (a, b, c))
+    return (
+        "{n} buys {a} bags of apples with {b} apples in each bag, then eats {c} apples. "
+        "How many apples does {n} have left?",
+        a * b - c,
+        (a, b, c),
+    )
 
 
 def _wp_money(r: random.Random) -> tuple[str, int, tuple[int, ...]]:
     a, b = r.randint(2, 5), r.randint(2, 9)
     m = a * b + r.randint(1, 30)
-    return ("{n} has {d} dollars and buys {a} pens that cost {b} dollars each. "
-            "How many dollars does {n} have left?", m - a * b, (m, a, b))
+    return (
+        "{n} has {d} dollars and buys {a} pens that cost {b} dollars each. "
+        "How many dollars does {n} have left?",
+        m - a * b,
+        (m, a, b),
+    )
 
 
 def _wp_sharing(r: random.Random) -> tuple[str, int, tuple[int, ...]]:
     c, q = r.randint(2, 6), r.randint(2, 10)
     total = c * q
     a = r.randint(1, total - 1)
-    return ("{n} has {a} cookies and bakes {b} more, then shares all of them equally among "
-            "{c} friends. How many cookies does each friend get?", q, (a, total - a, c))
+    return (
+        "{n} has {a} cookies and bakes {b} more, then shares all of them equally among "
+        "{c} friends. How many cookies does each friend get?",
+        q,
+        (a, total - a, c),
+    )
 
 
 def _wp_ages(r: random.Random) -> tuple[str, int, tuple[int, ...]]:
     a, b, c = r.randint(3, 15), r.randint(2, 30), r.randint(2, 20)
-    return ("{n} is {a} years old. {m} is {b} years older than {n}. "
-            "How old will {m} be in {c} years?", a + b + c, (a, b, c))
+    return (
+        "{n} is {a} years old. {m} is {b} years older than {n}. How old will {m} be in {c} years?",
+        a + b + c,
+        (a, b, c),
+    )
 
 
 def _wp_mother(r: random.Random) -> tuple[str, int, tuple[int, ...]]:
     a, k = r.randint(3, 12), r.randint(2, 4)
     c = r.randint(1, a * k - 1)
-    return ("{n} is {a} years old and {n}'s mother is {k} times as old. "
-            "How old was the mother {c} years ago?", a * k - c, (a, k, c))
+    return (
+        "{n} is {a} years old and {n}'s mother is {k} times as old. "
+        "How old was the mother {c} years ago?",
+        a * k - c,
+        (a, k, c),
+    )
 
 
 def _wp_garden(r: random.Random) -> tuple[str, int, tuple[int, ...]]:
     a, b, c = r.randint(2, 9), r.randint(2, 9), r.randint(1, 20)
-    return ("A garden has {a} rows with {b} flowers in each row. {n} plants {c} more flowers. "
-            "How many flowers are in the garden now?", a * b + c, (a, b, c))
+    return (
+        "A garden has {a} rows with {b} flowers in each row. {n} plants {c} more flowers. "
+        "How many flowers are in the garden now?",
+        a * b + c,
+        (a, b, c),
+    )
 
 
 def _wp_savings(r: random.Random) -> tuple[str, int, tuple[int, ...]]:
     a, b = r.randint(2, 10), r.randint(2, 8)
     c = r.randint(1, a * b - 1)
-    return ("{n} saves {a} dollars every week for {b} weeks, then spends {c} dollars on a game. "
-            "How many dollars does {n} have left?", a * b - c, (a, b, c))
+    return (
+        "{n} saves {a} dollars every week for {b} weeks, then spends {c} dollars on a game. "
+        "How many dollars does {n} have left?",
+        a * b - c,
+        (a, b, c),
+    )
 
 
 def _wp_books(r: random.Random) -> tuple[str, int, tuple[int, ...]]:
     a, b = r.randint(5, 40), r.randint(1, 20)
     c = r.randint(1, a + b - 1)
-    return ("A shelf holds {a} books. {n} adds {b} books and then takes away {c} books. "
-            "How many books are on the shelf now?", a + b - c, (a, b, c))
+    return (
+        "A shelf holds {a} books. {n} adds {b} books and then takes away {c} books. "
+        "How many books are on the shelf now?",
+        a + b - c,
+        (a, b, c),
+    )
 
 
 def _wp_marbles(r: random.Random) -> tuple[str, int, tuple[int, ...]]:
     a, b, c = r.randint(1, 20), r.randint(2, 5), r.randint(2, 6)
     d = r.randint(1, a + b * c - 1)
-    return ("{n} has {a} marbles. {m} gives {n} {b} bags with {c} marbles in each bag. "
-            "Then {n} loses {d} marbles. How many marbles does {n} have now?",
-            a + b * c - d, (a, b, c, d))
+    return (
+        "{n} has {a} marbles. {m} gives {n} {b} bags with {c} marbles in each bag. "
+        "Then {n} loses {d} marbles. How many marbles does {n} have now?",
+        a + b * c - d,
+        (a, b, c, d),
+    )
 
 
 WORD_TEMPLATES: dict[str, Callable[[random.Random], tuple[str, int, tuple[int, ...]]]] = {
-    "shopping": _wp_shopping, "money": _wp_money, "sharing": _wp_sharing, "ages": _wp_ages,
-    "mother": _wp_mother, "garden": _wp_garden, "savings": _wp_savings, "books": _wp_books,
+    "shopping": _wp_shopping,
+    "money": _wp_money,
+    "sharing": _wp_sharing,
+    "ages": _wp_ages,
+    "mother": _wp_mother,
+    "garden": _wp_garden,
+    "savings": _wp_savings,
+    "books": _wp_books,
     "marbles": _wp_marbles,
 }
-_FIELDS = {"shopping": "abc", "money": "dab", "sharing": "abc", "ages": "abc", "mother": "akc",
-           "garden": "abc", "savings": "abc", "books": "abc", "marbles": "abcd"}
+_FIELDS = {
+    "shopping": "abc",
+    "money": "dab",
+    "sharing": "abc",
+    "ages": "abc",
+    "mother": "akc",
+    "garden": "abc",
+    "savings": "abc",
+    "books": "abc",
+    "marbles": "abcd",
+}
 
 
 class WordProblems:
@@ -435,7 +515,9 @@ class WordProblems:
         fields = dict(zip(_FIELDS[tid], nums, strict=True))
         return f"{tid}:{','.join(map(str, nums))}", (text.format(n=n, m=m, **fields), answer)
 
-    def make(self, split: str, n: int, *, seed: int = 0, style: str = DEFAULT_STYLE) -> list[Example]:
+    def make(
+        self, split: str, n: int, *, seed: int = 0, style: str = DEFAULT_STYLE
+    ) -> list[Example]:
         build_prompt(style, "", what="number", demo=("", "", ""))
         probs = _generate(self.name, split, n, seed, {}, self._draw)
         demo = (
@@ -528,7 +610,11 @@ class Countdown:
         _check_level(self.name, difficulty, COUNTDOWN_LEVELS)
         build_prompt(style, "", what="expression", demo=("", "", ""))
         probs = _generate(
-            self.name, split, n, seed, {"difficulty": difficulty},
+            self.name,
+            split,
+            n,
+            seed,
+            {"difficulty": difficulty},
             lambda rng: self._draw(rng, difficulty),
         )
         demo = (
@@ -538,16 +624,23 @@ class Countdown:
         )
         out = []
         for i, (key, (nums, target, expr)) in enumerate(probs):
-            q = (f"Using the numbers {', '.join(map(str, nums))} (each at most once) and "
-                 f"+ - * /, make {target}.")
+            q = (
+                f"Using the numbers {', '.join(map(str, nums))} (each at most once) and "
+                f"+ - * /, make {target}."
+            )
             out.append(
                 Example(
                     id=f"{self.name}-d{difficulty}-{split}-{seed}-{i}",
                     prompt=build_prompt(style, q, what="expression", demo=demo),
                     answer=expr,
                     task=self.name,
-                    meta={"key": key, "numbers": nums, "target": target, "difficulty": difficulty,
-                          "answer_format": answer_format(style)},
+                    meta={
+                        "key": key,
+                        "numbers": nums,
+                        "target": target,
+                        "difficulty": difficulty,
+                        "answer_format": answer_format(style),
+                    },
                 )
             )
         return out

@@ -58,7 +58,9 @@ def resolve_model_path(name: str | None) -> Path:
 
 def _gguf_cache_path(gguf: Path) -> Path:
     st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
     return cache_dir() / "gguf" / f"{gguf.stem}-{key}"
 
 
@@ -162,7 +164,10 @@ def tiny_tokenizer():
     vocab = {t: i for i, t in enumerate(specials + sorted(alphabet))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
     core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), pre_tokenizers.Split("", "isolated")]
+        [
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            pre_tokenizers.Split("", "isolated"),
+        ]
     )
     core.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(

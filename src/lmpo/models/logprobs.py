@@ -122,7 +122,10 @@ def sequence_logprobs(
     if position_ids is None:
         position_ids = position_ids_from_mask(attention_mask)
     hidden = decoder(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
     ).last_hidden_state
     hid = hidden[:, response_start - 1 : -1]  # position t predicts token t+1
     labels = input_ids[:, response_start:]
@@ -130,7 +133,12 @@ def sequence_logprobs(
     B, T = labels.shape
     logp = hid.new_zeros(B, T, dtype=torch.float32)
     sel_logp, sel_ent = selective_logprobs(
-        hid[mask], head, labels[mask], temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
+        hid[mask],
+        head,
+        labels[mask],
+        temperature=temperature,
+        chunk_size=chunk_size,
+        with_entropy=with_entropy,
     )
     logp = logp.masked_scatter(mask, sel_logp)
     ent = None
@@ -156,11 +164,17 @@ def _pack_groups(prompt_ids, prompt_mask, response_ids, response_mask, rows_by_g
         for j, r in enumerate(rows, start=1):
             n_tok = int(response_mask[r].sum())
             ids.append(response_ids[r, :n_tok])
-            pos.append(torch.arange(p, p + n_tok))  # every answer continues the prompt at position p
+            pos.append(
+                torch.arange(p, p + n_tok)
+            )  # every answer continues the prompt at position p
             seg.append(torch.full((n_tok,), j))
             # token t of the answer is predicted by the state before it: the prompt's last
             # token for t = 0, else the answer's own token t - 1
-            idx = torch.cat([torch.tensor([p - 1]), torch.arange(off, off + n_tok - 1)]) if n_tok else torch.arange(0)
+            idx = (
+                torch.cat([torch.tensor([p - 1]), torch.arange(off, off + n_tok - 1)])
+                if n_tok
+                else torch.arange(0)
+            )
             where[r] = (n, idx, n_tok)
             off += n_tok
         packs.append((torch.cat(ids), torch.cat(pos), torch.cat(seg)))
@@ -199,7 +213,9 @@ class PackingUnsupported(RuntimeError):
     """The model's attention needs something the packed kernel does not implement."""
 
 
-def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+def _packed_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs
+):
     """Attention for a padding-free packed row: query [1, H, N, d], key/value [1, Hkv, N, d].
 
     ``kwargs["lmpo_spans"]`` lists (start, end, mask) per group: SDPA runs on each span alone
@@ -212,12 +228,19 @@ def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         raise PackingUnsupported(f"attention with {', '.join(unsupported)}")
     calls[0] += 1
     n_rep = query.shape[1] // key.shape[1]
-    if n_rep > 1:  # grouped-query attention: kv head h serves query heads h*n_rep ... h*n_rep+n_rep-1
+    if (
+        n_rep > 1
+    ):  # grouped-query attention: kv head h serves query heads h*n_rep ... h*n_rep+n_rep-1
         key, value = key.repeat_interleave(n_rep, dim=1), value.repeat_interleave(n_rep, dim=1)
     out = torch.cat(
         [
             torch.nn.functional.scaled_dot_product_attention(
-                query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], attn_mask=m, dropout_p=dropout, scale=scaling
+                query[:, :, s:e],
+                key[:, :, s:e],
+                value[:, :, s:e],
+                attn_mask=m,
+                dropout_p=dropout,
+                scale=scaling,
             )
             for s, e, m in spans
         ],
@@ -256,8 +279,12 @@ def _packed_forward(decoder, config, ids: Tensor, pos: Tensor, seg: Tensor):
     config._attn_implementation = PACKED_ATTENTION
     try:
         out = decoder(
-            input_ids=ids[real][None], position_ids=pos[real][None], attention_mask=None,
-            use_cache=False, lmpo_spans=spans, lmpo_calls=calls,
+            input_ids=ids[real][None],
+            position_ids=pos[real][None],
+            attention_mask=None,
+            use_cache=False,
+            lmpo_spans=spans,
+            lmpo_calls=calls,
         ).last_hidden_state
     except PackingUnsupported:
         return None, None
@@ -305,7 +332,9 @@ def shared_prefix_logprobs(
     rows_by_group: dict[int, list[int]] = {}
     for r, g in enumerate(group_ids.tolist()):
         rows_by_group.setdefault(g, []).append(r)
-    ids, pos, seg, where = _pack_groups(prompt_ids, prompt_mask, response_ids, response_mask, list(rows_by_group.values()))
+    ids, pos, seg, where = _pack_groups(
+        prompt_ids, prompt_mask, response_ids, response_mask, list(rows_by_group.values())
+    )
     decoder, head = decoder_and_head(model)
     hidden = None
     if len(rows_by_group) > 1 and packing_applies(model):
@@ -315,14 +344,20 @@ def shared_prefix_logprobs(
     if hidden is None:  # one group, or a model that cannot run packed: padded rows, block mask
         impl = unwrap(model).config._attn_implementation
         mask = shared_prefix_mask(seg, head.weight.dtype, impl)
-        hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+        hidden = decoder(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
+        ).last_hidden_state
         offsets = [n * ids.shape[1] for n in range(ids.shape[0])]
     flat_idx = torch.cat([offsets[n] + idx for r, (n, idx, _) in sorted(where.items())])
     resp_mask = response_mask.bool()
     labels = response_ids[resp_mask]  # row-major order == sorted rows, tokens in order
     sel_logp, sel_ent = selective_logprobs(
-        hidden.reshape(-1, hidden.shape[-1])[flat_idx], head, labels,
-        temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy,
+        hidden.reshape(-1, hidden.shape[-1])[flat_idx],
+        head,
+        labels,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        with_entropy=with_entropy,
     )
     logp = torch.zeros(B, T, dtype=torch.float32).masked_scatter(resp_mask, sel_logp)
     ent = torch.zeros(B, T).masked_scatter(resp_mask, sel_ent) if with_entropy else None

@@ -85,7 +85,9 @@ def resolve_reward(path: str) -> RewardFn:
     """
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"reward {path!r}: expected a registered name or 'package.module:function'")
+        raise ValueError(
+            f"reward {path!r}: expected a registered name or 'package.module:function'"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -101,7 +103,8 @@ def resolve_reward(path: str) -> RewardFn:
     sig = inspect.signature(fn)
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
     positional = [
-        p for p in sig.parameters.values()
+        p
+        for p in sig.parameters.values()
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     if len(positional) < 2 and not any(
@@ -149,7 +152,9 @@ def _one_spec(spec: Spec) -> tuple[str, float, dict[str, Any]]:
         name, weight = spec[0], spec[1]
         params = dict(spec[2]) if len(spec) == 3 and spec[2] is not None else {}
         return name, weight, params
-    raise ValueError(f"reward spec {spec!r}: expected name, (name, weight) or (name, weight, params)")
+    raise ValueError(
+        f"reward spec {spec!r}: expected name, (name, weight) or (name, weight, params)"
+    )
 
 
 def resolve_specs(specs: Sequence[Spec]) -> list[ResolvedReward]:
@@ -186,7 +191,11 @@ def resolve_specs(specs: Sequence[Spec]) -> list[ResolvedReward]:
                     f"unknown reward {name!r}; valid names: {', '.join(REWARDS.names())}, "
                     f"or 'package.module:function' for a user reward"
                 )
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+        ):
             raise ValueError(f"reward {name!r}: weight must be a finite number, got {weight!r}")
         seen[name] = seen.get(name, 0) + 1
         label = name if seen[name] == 1 else f"{name}#{seen[name]}"
@@ -194,9 +203,7 @@ def resolve_specs(specs: Sequence[Spec]) -> list[ResolvedReward]:
     return out
 
 
-def score(
-    batch: ScoreBatch, specs: Sequence[Spec]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def score(batch: ScoreBatch, specs: Sequence[Spec]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of rewards.
 
     Returns ``total`` [B] = sum_k weight_k * values_k and ``per_reward`` {name: values_k [B]}
@@ -212,7 +219,9 @@ def score(
         try:
             values = [float(v) for v in values]
         except (TypeError, ValueError):
-            raise ValueError(f"reward {r.name!r} returned non-numeric values: {values!r:.200}") from None
+            raise ValueError(
+                f"reward {r.name!r} returned non-numeric values: {values!r:.200}"
+            ) from None
         if len(values) != b:
             raise ValueError(f"reward {r.name!r} returned {len(values)} values for {b} completions")
         bad = [i for i, v in enumerate(values) if not math.isfinite(v)]

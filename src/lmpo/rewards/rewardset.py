@@ -20,12 +20,23 @@ class RewardSet:
         self.specs = resolve_specs([(s.name, s.weight, dict(s.params)) for s in specs])
         self.names = [r.name for r in self.specs]
 
-    def score(self, texts: list[str], examples: list[Example], lengths: list[int], truncated: list[bool], max_new_tokens: int):
+    def score(
+        self,
+        texts: list[str],
+        examples: list[Example],
+        lengths: list[int],
+        truncated: list[bool],
+        max_new_tokens: int,
+    ):
         from lmpo.rewards.base import ScoreBatch, score
 
         batch = ScoreBatch(texts, examples, lengths, truncated, max_new_tokens)
         total, per = score(batch, self.specs)
-        correct = per["correctness"] > 0.5 if "correctness" in per else torch.tensor(correctness(batch)) > 0.5
+        correct = (
+            per["correctness"] > 0.5
+            if "correctness" in per
+            else torch.tensor(correctness(batch)) > 0.5
+        )
         return total.float(), {k: v.float() for k, v in per.items()}, correct
 
 

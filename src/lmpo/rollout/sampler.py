@@ -63,7 +63,9 @@ def encode_prompts(tokenizer, prompts: list[str]) -> tuple[Tensor, Tensor]:
     return ids, mask
 
 
-def _sample(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def _sample(
+    logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
     """Next token [R] and its log-prob under softmax(logits / temperature) [R]."""
     logits = logits.float()
     if cfg.greedy:
@@ -130,11 +132,20 @@ def generate(
     cache = DynamicCache(config=unwrap_config(model))
     mask = prompt_mask.clone()
     pos = position_ids_from_mask(mask)
-    hidden = decoder(input_ids=prompt_ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+    hidden = decoder(
+        input_ids=prompt_ids,
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state[:, -1]
     if repeats > 1:
         cache.batch_repeat_interleave(repeats)
         hidden, mask, pos = (x.repeat_interleave(repeats, 0) for x in (hidden, mask, pos))
-        prompt_ids, prompt_mask = prompt_ids.repeat_interleave(repeats, 0), prompt_mask.repeat_interleave(repeats, 0)
+        prompt_ids, prompt_mask = (
+            prompt_ids.repeat_interleave(repeats, 0),
+            prompt_mask.repeat_interleave(repeats, 0),
+        )
     active = torch.arange(B)  # rows of the original batch still in the cache
     next_pos = pos[:, -1] + 1
     for t in range(T):
@@ -159,7 +170,11 @@ def generate(
             active, mask, next_pos, tok = active[idx], mask[idx], next_pos[idx], tok[idx]
         mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], 1)
         hidden = decoder(
-            input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=next_pos[:, None],
+            past_key_values=cache,
+            use_cache=True,
         ).last_hidden_state[:, -1]
         next_pos = next_pos + 1
     for i in range(B):
@@ -169,7 +184,13 @@ def generate(
         model.train()
     width = max(1, int(out_mask.sum(-1).max()))
     return Rollout(
-        prompt_ids, prompt_mask, out_ids[:, :width], out_mask[:, :width], out_logp[:, :width], ~finished, texts
+        prompt_ids,
+        prompt_mask,
+        out_ids[:, :width],
+        out_mask[:, :width],
+        out_logp[:, :width],
+        ~finished,
+        texts,
     )
 
 

@@ -24,7 +24,9 @@ PREFIX = "step-"
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -88,7 +90,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not run_dir.is_dir():
         return []
     return sorted(
-        p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "trainer_state.json").is_file()
+        p
+        for p in run_dir.iterdir()
+        if p.is_dir() and p.name.startswith(PREFIX) and (p / "trainer_state.json").is_file()
     )
 
 
@@ -97,7 +101,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, generator: torch.Generator) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, *, model, optimizer, scheduler, generator: torch.Generator
+) -> dict[str, Any]:
     """Restore everything saved by save_checkpoint; returns the trainer state dict."""
     path = Path(path)
     weights = load_file(str(path / "weights.safetensors"))

@@ -23,8 +23,11 @@ class EvalResult:
     samples: list[dict]
 
     def metrics(self, prefix: str = "eval/") -> dict[str, float]:
-        out = {f"{prefix}accuracy": self.accuracy, f"{prefix}mean_length": self.mean_length,
-               f"{prefix}truncated_frac": self.truncated_frac}
+        out = {
+            f"{prefix}accuracy": self.accuracy,
+            f"{prefix}mean_length": self.mean_length,
+            f"{prefix}truncated_frac": self.truncated_frac,
+        }
         out.update({f"{prefix}pass@{k}": v for k, v in self.pass_at_k.items()})
         return out
 
@@ -61,7 +64,9 @@ def evaluate(
             correct.append(ok)
             lengths.append(int(r.lengths[j]))
             trunc.append(bool(r.truncated[j]))
-            samples.append({"id": ex.id, "completion": r.texts[j], "answer": ex.answer, "correct": ok})
+            samples.append(
+                {"id": ex.id, "completion": r.texts[j], "answer": ex.answer, "correct": ok}
+            )
         if progress is not None:
             progress(min(s + batch_size, len(examples)), len(examples))
     pak: dict[int, float] = {}

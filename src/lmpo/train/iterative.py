@@ -55,7 +55,9 @@ ROUNDS_FILE = "rounds.jsonl"
 STATS_FILE = "pairs_stats.json"
 
 
-def train_iterative(cfg: IterativeConfig, *, resume: bool = False, show_progress: bool = True) -> dict:
+def train_iterative(
+    cfg: IterativeConfig, *, resume: bool = False, show_progress: bool = True
+) -> dict:
     """Run (or resume) the rounds; returns a summary (also written to summary.json)."""
     out, t0 = Path(cfg.output_dir), time.time()
     done = finished_rounds(out, resume)
@@ -74,13 +76,19 @@ def train_iterative(cfg: IterativeConfig, *, resume: bool = False, show_progress
         say(f"start: task accuracy {before:.3f}")
     for r in range(len(done), cfg.rounds):
         t_round, rd = time.time(), out / f"round-{r}"
-        stats = round_pairs(cfg, r, model, tok, data, show_progress)  # sample with pi_r, verify, pair
+        stats = round_pairs(
+            cfg, r, model, tok, data, show_progress
+        )  # sample with pi_r, verify, pair
         rows = stats["pairs"] if paired else stats["binary_rows"]
         row = {"round": r, **stats, "accuracy_before": before, "trained": rows > 0}
         if rows:
             del model  # train_preference loads pi_r itself; its reference is pi_r
-            run = cfg.round_config(r, str(rd / ("pairs.jsonl" if paired else "binary.jsonl")),
-                                   current or cfg.model, cfg.tiny_model and current is None)
+            run = cfg.round_config(
+                r,
+                str(rd / ("pairs.jsonl" if paired else "binary.jsonl")),
+                current or cfg.model,
+                cfg.tiny_model and current is None,
+            )
             s = train_round(run, resume, show_progress)
             current = s["final_model"]
             row.update(train_steps=s["steps"], pair_accuracy_after=s.get("pair_accuracy_after"))
@@ -105,12 +113,16 @@ def finished_rounds(out: Path, resume: bool) -> list[dict]:
     """The rows of rounds.jsonl (checked); a used output_dir needs ``resume``."""
     done = read_metrics(out / ROUNDS_FILE)
     if not resume and (done or any(out.glob("round-*"))):
-        raise RunDirError(f"{out} already holds rounds: pass --resume to continue it, or choose another output_dir")
+        raise RunDirError(
+            f"{out} already holds rounds: pass --resume to continue it, or choose another output_dir"
+        )
     if [row.get("round") for row in done] != list(range(len(done))):
         raise ValueError(f"{out / ROUNDS_FILE}: rounds are not 0..{len(done) - 1} in order")
     for row in done:
         if row["model"] is not None and not Path(row["model"]).is_dir():
-            raise FileNotFoundError(f"{out / ROUNDS_FILE}: round {row['round']}'s model {row['model']} is missing")
+            raise FileNotFoundError(
+                f"{out / ROUNDS_FILE}: round {row['round']}'s model {row['model']} is missing"
+            )
     return done
 
 
@@ -132,7 +144,9 @@ def load_policy(cfg: IterativeConfig, path: str | None):
     return model.eval(), tok
 
 
-def round_pairs(cfg: IterativeConfig, r: int, model, tok, data: TrainData, show_progress: bool) -> dict:
+def round_pairs(
+    cfg: IterativeConfig, r: int, model, tok, data: TrainData, show_progress: bool
+) -> dict:
     """Sample, verify and pair round r's prompts; write the files. Reused when already complete."""
     rd, p = Path(cfg.output_dir) / f"round-{r}", cfg.pairs
     if (rd / STATS_FILE).is_file():
@@ -142,12 +156,25 @@ def round_pairs(cfg: IterativeConfig, r: int, model, tok, data: TrainData, show_
     calls = -(-len(examples) // max(1, p.batch_size // p.k))
     with StepProgress(calls, enabled=show_progress, description=f"round {r}: sampling") as bar:
         samples = sample_and_score(
-            model, tok, examples, RewardSet(p.rewards), sampling, k=p.k, batch_size=p.batch_size,
-            seed=cfg.seed * 1000 + r, system_prompt=cfg.task.system_prompt, threshold=p.threshold,
+            model,
+            tok,
+            examples,
+            RewardSet(p.rewards),
+            sampling,
+            k=p.k,
+            batch_size=p.batch_size,
+            seed=cfg.seed * 1000 + r,
+            system_prompt=cfg.task.system_prompt,
+            threshold=p.threshold,
             progress=lambda n: bar.advance(f"{n}/{len(examples)} prompts"),
         )
-    res = build_rows(examples, samples, pairs_per_prompt=p.pairs_per_prompt, seed=cfg.seed + r,
-                     system_prompt=cfg.task.system_prompt)
+    res = build_rows(
+        examples,
+        samples,
+        pairs_per_prompt=p.pairs_per_prompt,
+        seed=cfg.seed + r,
+        system_prompt=cfg.task.system_prompt,
+    )
     write_jsonl(rd / "binary.jsonl", res.binary)
     write_jsonl(rd / "pairs.jsonl", res.pairs)
     tmp = rd / f".{STATS_FILE}.tmp"
@@ -166,8 +193,14 @@ def train_round(run: PreferenceConfig, resume: bool, show_progress: bool) -> dic
 
 def task_accuracy(cfg: IterativeConfig, model, tok, examples: list, path: Path) -> float:
     """Greedy accuracy on the eval problems; every completion is kept in ``path``."""
-    res = evaluate(model, tok, examples, max_new_tokens=cfg.eval.max_new_tokens,
-                   batch_size=cfg.eval.batch_size, system_prompt=cfg.task.system_prompt)
+    res = evaluate(
+        model,
+        tok,
+        examples,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        system_prompt=cfg.task.system_prompt,
+    )
     write_jsonl(path, res.samples)
     return res.accuracy
 
@@ -177,7 +210,12 @@ def finish(cfg: IterativeConfig, rows: list[dict], wall_time: float) -> dict:
     out = Path(cfg.output_dir)
     acc = [rows[0]["accuracy_before"]] + [row["accuracy"] for row in rows]
     points = [(i, a) for i, a in enumerate(acc) if a is not None]
-    plot = plot_curves({"greedy accuracy": points}, out, "task accuracy", xlabel="rounds trained (0: the starting model)")
+    plot = plot_curves(
+        {"greedy accuracy": points},
+        out,
+        "task accuracy",
+        xlabel="rounds trained (0: the starting model)",
+    )
     summary = {
         "rounds": len(rows),
         "accuracy_before": acc[0],

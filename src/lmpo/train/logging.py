@@ -25,7 +25,9 @@ class MetricsLog:
     On resume, lines after the checkpoint's step are dropped so the file tells one story.
     """
 
-    def __init__(self, run_dir: Path, *, resume_step: int | None = None, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, *, resume_step: int | None = None, tensorboard: bool = True
+    ) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
@@ -38,7 +40,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step + 1 if resume_step else None)
+                self._tb = SummaryWriter(
+                    str(Path(run_dir) / "tb"), purge_step=resume_step + 1 if resume_step else None
+                )
             except ImportError:  # tensorboard is a dependency; tolerate a broken install
                 self._tb = None
 
@@ -69,7 +73,9 @@ def plot_metrics(metrics_path: Path, out_dir: Path, groups: dict[str, list[str]]
     rows = read_metrics(metrics_path)
     written = []
     for title, keys in groups.items():
-        series = {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)] for k in keys}
+        series = {
+            k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), int | float)] for k in keys
+        }
         p = plot_curves({k: v for k, v in series.items() if v}, out_dir, title)
         if p is not None:
             written.append(p)
@@ -105,7 +111,9 @@ def plot_curves(
 class StepProgress:
     """A rich progress bar with ETA and a live summary line; silent when disabled."""
 
-    def __init__(self, total: int, *, start: int = 0, enabled: bool = True, description: str = "train") -> None:
+    def __init__(
+        self, total: int, *, start: int = 0, enabled: bool = True, description: str = "train"
+    ) -> None:
         self.enabled = enabled
         self.console = Console(stderr=True)
         self._progress = None

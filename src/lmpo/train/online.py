@@ -91,7 +91,9 @@ def rl_step(step: int, ctx: Context) -> dict[str, float]:
 def sample_group(ctx: Context, examples: list[Example]) -> RolloutBatch:
     G = ctx.cfg.batch.completions_per_prompt
     prompts = [render_prompt(ctx.tokenizer, e, ctx.cfg.task.system_prompt) for e in examples]
-    rollout = generate(ctx.model, ctx.tokenizer, prompts, ctx.sampling, generator=ctx.generator, repeats=G)
+    rollout = generate(
+        ctx.model, ctx.tokenizer, prompts, ctx.sampling, generator=ctx.generator, repeats=G
+    )
     group_ids = torch.arange(len(examples)).repeat_interleave(G)
     return RolloutBatch([e for e in examples for _ in range(G)], rollout, group_ids)
 
@@ -99,14 +101,22 @@ def sample_group(ctx: Context, examples: list[Example]) -> RolloutBatch:
 def score(ctx: Context, batch: RolloutBatch) -> None:
     r = batch.rollout
     batch.rewards, batch.per_reward, batch.correct = ctx.rewards.score(
-        r.texts, batch.examples, r.lengths.tolist(), r.truncated.tolist(), ctx.cfg.sampling.max_new_tokens
+        r.texts,
+        batch.examples,
+        r.lengths.tolist(),
+        r.truncated.tolist(),
+        ctx.cfg.sampling.max_new_tokens,
     )
 
 
 def compute_advantages(ctx: Context, batch: RolloutBatch) -> dict[str, float]:
     spec = ctx.cfg.algorithm.advantage
     out = ADVANTAGES.get(spec.name)(
-        AdvantageInputs(rewards=batch.rewards, mask=batch.rollout.response_mask.float(), group_ids=batch.group_ids),
+        AdvantageInputs(
+            rewards=batch.rewards,
+            mask=batch.rollout.response_mask.float(),
+            group_ids=batch.group_ids,
+        ),
         **spec.params,
     )
     batch.advantages = out.advantages.detach()
@@ -120,18 +130,33 @@ def _trim(ids: Tensor, attn: Tensor, P: int) -> tuple[Tensor, Tensor, int]:
     return ids[:, first:last], attn[:, first:last], P - first
 
 
-def micro_logprobs(ctx: Context, model, batch: RolloutBatch, idx: Tensor, with_entropy: bool = False):
+def micro_logprobs(
+    ctx: Context, model, batch: RolloutBatch, idx: Tensor, with_entropy: bool = False
+):
     """Log-probs [n, T] (T = longest answer among rows idx) of those rows' answers.
 
     With `shared_prefix`, each group's prompt is encoded once for all its answers in this
     micro-batch (equal to the plain forward; tests/unit/test_logprobs.py).
     """
-    r, kw = batch.rollout, {"temperature": ctx.cfg.sampling.temperature, "chunk_size": ctx.cfg.logprob_chunk,
-                            "with_entropy": with_entropy}
+    r, kw = (
+        batch.rollout,
+        {
+            "temperature": ctx.cfg.sampling.temperature,
+            "chunk_size": ctx.cfg.logprob_chunk,
+            "with_entropy": with_entropy,
+        },
+    )
     T = int(r.response_mask[idx].sum(-1).max())
     if ctx.shared_prefix:
-        logp, ent = shared_prefix_logprobs(model, r.prompt_ids[idx], r.prompt_mask[idx], r.response_ids[idx, :T],
-                                           r.response_mask[idx, :T], batch.group_ids[idx], **kw)
+        logp, ent = shared_prefix_logprobs(
+            model,
+            r.prompt_ids[idx],
+            r.prompt_mask[idx],
+            r.response_ids[idx, :T],
+            r.response_mask[idx, :T],
+            batch.group_ids[idx],
+            **kw,
+        )
     else:
         ids, attn = r.input_ids()
         i, a, p = _trim(ids[idx], attn[idx], r.prompt_ids.shape[1])
@@ -160,8 +185,12 @@ def update(ctx: Context, batch: RolloutBatch) -> dict[str, float]:
     mb = cfg.batch.minibatch_size or B
     loss_fn = POLICY_LOSSES.get(cfg.algorithm.policy_loss.name)
     params = cfg.algorithm.policy_loss.params
-    agg_kw = {"agg": params.get("agg", POLICY_LOSSES.params(cfg.algorithm.policy_loss.name).get("agg", "token-mean")),
-              "l_const": params.get("l_const")}
+    agg_kw = {
+        "agg": params.get(
+            "agg", POLICY_LOSSES.params(cfg.algorithm.policy_loss.name).get("agg", "token-mean")
+        ),
+        "l_const": params.get("l_const"),
+    }
     if agg_kw["agg"] == "constant" and agg_kw["l_const"] is None:
         agg_kw["l_const"] = cfg.sampling.max_new_tokens
         params = {**params, "l_const": agg_kw["l_const"]}
@@ -171,20 +200,41 @@ def update(ctx: Context, batch: RolloutBatch) -> dict[str, float]:
     grad_norms = []
     for epoch in range(cfg.batch.inner_epochs):
         # shuffle whole groups (keeps a group's answers together, so its prompt is encoded once)
-        order = (torch.randperm(B // G, generator=ctx.generator)[:, None] * G + torch.arange(G)).flatten() \
-            if B > mb else torch.arange(B)
+        order = (
+            (
+                torch.randperm(B // G, generator=ctx.generator)[:, None] * G + torch.arange(G)
+            ).flatten()
+            if B > mb
+            else torch.arange(B)
+        )
         for idx_mb in order.split(mb):
             n_tok, n_seq = float(mask[idx_mb].sum()), float(len(idx_mb))
             ctx.optimizer.zero_grad(set_to_none=True)
             for idx in idx_mb.split(cfg.batch.micro_batch_size):
                 logp, ent, T = micro_logprobs(ctx, ctx.model, batch, idx, with_entropy=epoch == 0)
                 m = mask[idx, :T]
-                inp = PolicyLossInputs(logp, old_logp[idx, :T], batch.advantages[idx, :T], m, num_tokens=n_tok, num_seqs=n_seq)
+                inp = PolicyLossInputs(
+                    logp,
+                    old_logp[idx, :T],
+                    batch.advantages[idx, :T],
+                    m,
+                    num_tokens=n_tok,
+                    num_seqs=n_seq,
+                )
                 loss, lm = loss_fn(inp, **params)
-                w = float(m.sum()) / max(n_tok, 1.0)  # this micro-batch's share of the minibatch tokens
+                w = float(m.sum()) / max(
+                    n_tok, 1.0
+                )  # this micro-batch's share of the minibatch tokens
                 if batch.ref_logp is not None:
                     kl = kl_fn(logp, batch.ref_logp[idx, :T])
-                    kl_loss = aggregate(kl, m, agg_kw["agg"], num_tokens=n_tok, num_seqs=n_seq, l_const=agg_kw["l_const"])
+                    kl_loss = aggregate(
+                        kl,
+                        m,
+                        agg_kw["agg"],
+                        num_tokens=n_tok,
+                        num_seqs=n_seq,
+                        l_const=agg_kw["l_const"],
+                    )
                     loss = loss + beta * kl_loss
                     sums["kl"] += float((kl.detach() * m).sum()) / max(n_tok, 1.0)
                 loss.backward()
@@ -284,23 +334,48 @@ def build_context(cfg: RunConfig) -> Context:
         else FixedKLController(kl.beta)
     )
     s = cfg.sampling
-    sampling = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, stop=tuple(s.stop))
-    return Context(cfg, model, tok, reference, data, rewards, optimizer, scheduler,
-                   torch.Generator().manual_seed(cfg.seed), kl_ctl, sampling,
-                   shared_prefix=cfg.shared_prefix and supports_shared_prefix(model))
+    sampling = SamplingConfig(
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        stop=tuple(s.stop),
+    )
+    return Context(
+        cfg,
+        model,
+        tok,
+        reference,
+        data,
+        rewards,
+        optimizer,
+        scheduler,
+        torch.Generator().manual_seed(cfg.seed),
+        kl_ctl,
+        sampling,
+        shared_prefix=cfg.shared_prefix and supports_shared_prefix(model),
+    )
 
 
 def run_eval(ctx: Context, step: int, log: MetricsLog, bar: StepProgress) -> dict[str, float]:
     cfg = ctx.cfg
-    res = evaluate(ctx.model, ctx.tokenizer, ctx.data.test[: cfg.eval.size or len(ctx.data.test)],
-                   max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.eval.batch_size,
-                   system_prompt=cfg.task.system_prompt)
+    res = evaluate(
+        ctx.model,
+        ctx.tokenizer,
+        ctx.data.test[: cfg.eval.size or len(ctx.data.test)],
+        max_new_tokens=cfg.sampling.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        system_prompt=cfg.task.system_prompt,
+    )
     m = res.metrics()
     log.log(step, m)
-    out = Path(cfg.output_dir) / "eval" / f"step-{step:06d}.jsonl"  # every completion, for inspection
+    out = (
+        Path(cfg.output_dir) / "eval" / f"step-{step:06d}.jsonl"
+    )  # every completion, for inspection
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(s) + "\n" for s in res.samples))
-    bar.print(f"step {step}: held-out accuracy {res.accuracy:.3f} (n={res.n}, mean length {res.mean_length:.1f})")
+    bar.print(
+        f"step {step}: held-out accuracy {res.accuracy:.3f} (n={res.n}, mean length {res.mean_length:.1f})"
+    )
     return m
 
 
@@ -309,43 +384,66 @@ def train_online(cfg: RunConfig, *, resume: bool = False, show_progress: bool = 
     run_dir = Path(cfg.output_dir)
     ckpt = latest_checkpoint(run_dir) if resume else None
     if not resume and list_checkpoints(run_dir):
-        raise RunDirError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another output_dir")
+        raise RunDirError(
+            f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another output_dir"
+        )
     t_start = time.time()
     ctx = build_context(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     start, first_eval = 0, None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model=ctx.model, optimizer=ctx.optimizer, scheduler=ctx.scheduler, generator=ctx.generator)
+        state = load_checkpoint(
+            ckpt,
+            model=ctx.model,
+            optimizer=ctx.optimizer,
+            scheduler=ctx.scheduler,
+            generator=ctx.generator,
+        )
         start = state["step"]
         ctx.kl_ctl.load_state_dict(state["kl_ctl"])
         first_eval = state.get("first_eval")
     log = MetricsLog(run_dir, resume_step=start if ckpt is not None else None)
     n_train, n_total = count_trainable(ctx.model)
     with StepProgress(cfg.steps, start=start, enabled=show_progress) as bar:
-        bar.print(f"lmpo: {n_train / 1e6:.2f}M of {n_total / 1e6:.1f}M parameters train; run dir {run_dir}")
+        bar.print(
+            f"lmpo: {n_train / 1e6:.2f}M of {n_total / 1e6:.1f}M parameters train; run dir {run_dir}"
+        )
         if start == 0 and cfg.eval.at_start:
             first_eval = run_eval(ctx, 0, log, bar)
         last = {}
         for step in range(start + 1, cfg.steps + 1):
             last = rl_step(step, ctx)
             log.log(step, last)
-            bar.advance(f"reward {last['reward']:.3f} acc {last['accuracy']:.3f} {last['time/step']:.1f}s/step")
+            bar.advance(
+                f"reward {last['reward']:.3f} acc {last['accuracy']:.3f} {last['time/step']:.1f}s/step"
+            )
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.steps:
                 run_eval(ctx, step, log, bar)
             if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                save_checkpoint(run_dir, step, model=ctx.model, optimizer=ctx.optimizer, scheduler=ctx.scheduler,
-                                generator=ctx.generator, keep=cfg.keep_checkpoints,
-                                state={"kl_ctl": ctx.kl_ctl.state_dict(), "first_eval": first_eval})
+                save_checkpoint(
+                    run_dir,
+                    step,
+                    model=ctx.model,
+                    optimizer=ctx.optimizer,
+                    scheduler=ctx.scheduler,
+                    generator=ctx.generator,
+                    keep=cfg.keep_checkpoints,
+                    state={"kl_ctl": ctx.kl_ctl.state_dict(), "first_eval": first_eval},
+                )
         final_eval = run_eval(ctx, cfg.steps, log, bar)
     log.close()
     save_final(ctx.model, ctx.tokenizer, run_dir / "final")
-    plots = plot_metrics(run_dir / "metrics.jsonl", run_dir, {
-        "held-out accuracy": ["eval/accuracy"],
-        "reward": ["reward", "accuracy"] + [f"rewards/{n}" for n in ctx.rewards.names],
-        "completion length": ["completion_len/mean"],
-        "policy": ["entropy", "clip_frac", "kl"],
-    })
+    plots = plot_metrics(
+        run_dir / "metrics.jsonl",
+        run_dir,
+        {
+            "held-out accuracy": ["eval/accuracy"],
+            "reward": ["reward", "accuracy"] + [f"rewards/{n}" for n in ctx.rewards.names],
+            "completion length": ["completion_len/mean"],
+            "policy": ["entropy", "clip_frac", "kl"],
+        },
+    )
     summary = {
         "steps": cfg.steps,
         "accuracy_before": (first_eval or {}).get("eval/accuracy"),

@@ -30,6 +30,10 @@ def build_optimizer(model, cfg, total_steps: int, *, lr_overrides: dict | None =
     for lr in sorted(set(own_lr.values())):
         groups.append({"params": [p for p in params if own_lr.get(id(p)) == lr], "lr": lr})
     groups = [g for g in groups if g["params"]]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, cfg.warmup_steps, total_steps))
+    opt = torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(cfg.schedule, cfg.warmup_steps, total_steps)
+    )
     return opt, sched
