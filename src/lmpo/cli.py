@@ -12,7 +12,7 @@ USAGE_TRAIN = "lmpo train [RECIPE] [key=value ...]   e.g. lmpo train default opt
 # the run function of each config kind (config.RUN_KINDS), imported only when used
 TRAINERS = {
     "online": "lmpo.train.online:train_online",
-    "preference": "lmpo.train.offline:train_preference",
+    "preference": "lmpo.train.preference:train_preference",
     "reward_model": "lmpo.train.reward_model:train_reward_model",
     "iterative": "lmpo.train.iterative:train_iterative",
 }

@@ -8,7 +8,7 @@ import torch
 
 from lmpo.config import load_config, validate
 from lmpo.models.policy import checkpointing_enabled
-from lmpo.train import offline, online
+from lmpo.train import online, preference
 from lmpo.train import reward_model as rmtrain
 from lmpo.train.optim import build_optimizer
 
@@ -101,10 +101,10 @@ def test_preference_step_equals_without_checkpointing(tmp_path, shared_prefix):
         cfg = _preference_cfg(
             tmp_path, str(ckpt), gradient_checkpointing=ckpt, shared_prefix=shared_prefix
         )
-        ctx = offline.build_context(cfg)
+        ctx = preference.build_context(cfg)
         assert checkpointing_enabled(ctx.model) == ckpt and ctx.shared_prefix == shared_prefix
         _padded_rows(ctx.model)
-        metrics[ckpt] = offline.preference_step(1, ctx)
+        metrics[ckpt] = preference.preference_step(1, ctx)
         ctxs[ckpt] = ctx
     _same_step(ctxs[False], ctxs[True], metrics[False], metrics[True])
 

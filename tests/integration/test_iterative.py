@@ -14,7 +14,7 @@ from lmpo import cli
 from lmpo.config import ConfigError, PreferenceConfig, load_config
 from lmpo.data.preference import load_preferences
 from lmpo.models.loading import tiny_model
-from lmpo.train import iterative, offline
+from lmpo.train import iterative, preference
 from lmpo.train.logging import read_metrics
 
 pytestmark = pytest.mark.integration
@@ -103,8 +103,8 @@ def test_two_rounds_end_to_end(tmp_path, capsys):
         yaml.safe_load((run / "round-1" / "train" / "config.yaml").read_text())
     )
     assert cfg1.model == str(finals[0]) and not cfg1.tiny_model
-    cached = load_file(str(run / "round-1" / "train" / offline.REFERENCE_FILE))
-    fresh = offline.build_context(
+    cached = load_file(str(run / "round-1" / "train" / preference.REFERENCE_FILE))
+    fresh = preference.build_context(
         cfg1.model_copy(update={"output_dir": str(tmp_path / "ref")})
     ).reference
     base = cfg1.model_copy(
@@ -115,7 +115,7 @@ def test_two_rounds_end_to_end(tmp_path, capsys):
             "output_dir": str(tmp_path / "base"),
         }
     )
-    base_ref = offline.build_context(base).reference
+    base_ref = preference.build_context(base).reference
     assert torch.allclose(cached["train/chosen"], fresh["train/chosen"], atol=1e-5)
     assert not torch.allclose(cached["train/chosen"], base_ref["train/chosen"], atol=1e-3)
 
@@ -123,7 +123,7 @@ def test_two_rounds_end_to_end(tmp_path, capsys):
 def test_resume_after_a_kill_mid_round_1_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert cli.main(["train", str(recipe(tmp_path, "full")), "--no-progress"]) == 0
     split = recipe(tmp_path, "split")
-    real, calls = offline.preference_step, []
+    real, calls = preference.preference_step, []
 
     def killed_in_round_1(step, ctx):
         calls.append(step)
@@ -131,9 +131,9 @@ def test_resume_after_a_kill_mid_round_1_equals_an_uninterrupted_run(tmp_path, m
             raise KeyboardInterrupt
         return real(step, ctx)
 
-    monkeypatch.setattr(offline, "preference_step", killed_in_round_1)
+    monkeypatch.setattr(preference, "preference_step", killed_in_round_1)
     assert cli.main(["train", str(split), "--no-progress"]) == 130
-    monkeypatch.setattr(offline, "preference_step", real)
+    monkeypatch.setattr(preference, "preference_step", real)
     assert len(rounds(tmp_path / "split")) == 1
     assert cli.main(["train", str(split), "--no-progress"]) == 2  # a used output_dir needs --resume
     # round 1's pairs are complete, so the resumed run samples nothing

@@ -20,7 +20,7 @@ def no_model_loading(monkeypatch, tmp_path):
         raise AssertionError("the model must not load when the input is bad")
 
     monkeypatch.setattr(policy, "load_base", refuse)
-    monkeypatch.setattr("lmpo.train.offline.load_base", refuse)
+    monkeypatch.setattr("lmpo.train.preference.load_base", refuse)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from lmpo import cli
 from lmpo.config import list_recipes, load_config
 from lmpo.core import PAIRED_LOSSES, UNPAIRED_LOSSES
 from lmpo.models.loading import tiny_model
-from lmpo.train import offline
+from lmpo.train import preference
 from lmpo.train.logging import read_metrics
 
 pytestmark = pytest.mark.integration
@@ -211,14 +211,14 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, monkeypatch, loss)
         "split",
         **{"loss": {"name": loss}, "steps": 4, "output_dir": str(tmp_path / "split")},
     )
-    real_step = offline.preference_step
+    real_step = preference.preference_step
 
     def killed_at_3(step, ctx):
         if step == 3:
             raise KeyboardInterrupt  # the process dies before step 3 finishes
         return real_step(step, ctx)
 
-    monkeypatch.setattr(offline, "preference_step", killed_at_3)
+    monkeypatch.setattr(preference, "preference_step", killed_at_3)
     assert cli.main(["train", str(split), "--no-progress"]) == 130
     assert (tmp_path / "split" / "step-000002").is_dir()
     cache = tmp_path / "split" / "reference.safetensors"
@@ -227,8 +227,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, monkeypatch, loss)
     def no_recompute(*a, **k):
         raise AssertionError("the reference cache must be read back on resume, not recomputed")
 
-    monkeypatch.setattr(offline, "preference_step", real_step)
-    monkeypatch.setattr(offline, "compute_reference", no_recompute)
+    monkeypatch.setattr(preference, "preference_step", real_step)
+    monkeypatch.setattr(preference, "compute_reference", no_recompute)
     assert cli.main(["train", str(split), "--resume", "--no-progress"]) == 0
     assert cache.read_bytes() == before
 
@@ -248,9 +248,9 @@ def test_stale_reference_cache_is_recomputed(tmp_path, monkeypatch):
     for p in run.glob("step-*"):
         shutil.rmtree(p)
     calls = []
-    real = offline.compute_reference
+    real = preference.compute_reference
     monkeypatch.setattr(
-        offline, "compute_reference", lambda *a, **k: calls.append(1) or real(*a, **k)
+        preference, "compute_reference", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     assert cli.main(["train", str(r), "--no-progress"]) == 0
     assert calls == []  # same data and model: the cache is reused

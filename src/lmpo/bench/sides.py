@@ -189,9 +189,9 @@ class LmpoGRPO:
 class LmpoDPO:
     def __init__(self, job: dict, workdir: Path, threads: int | None) -> None:
         try:
-            from lmpo.train import offline
+            from lmpo.train import preference
 
-            offline.preference_step  # noqa: B018 (the loop this side needs)
+            preference.preference_step  # noqa: B018 (the loop this side needs)
         except (ImportError, AttributeError) as e:
             raise Unavailable(
                 f"lmpo's offline preference loop is not available yet ({e})"
@@ -199,7 +199,7 @@ class LmpoDPO:
         from lmpo.config import PreferenceConfig
 
         spec = job["spec"]
-        self.offline, self.spec = offline, spec
+        self.preference, self.spec = preference, spec
         self.first = int(job.get("first_step", 1))
         self.cfg = PreferenceConfig.model_validate(
             {
@@ -228,7 +228,7 @@ class LmpoDPO:
             }
         )
         ref_time = [0.0]
-        reference_cache = offline.reference_cache
+        reference_cache = preference.reference_cache
 
         def timed(ctx):  # the one-off reference pass inside build_context
             t0 = time.perf_counter()
@@ -236,8 +236,8 @@ class LmpoDPO:
             ref_time[0] += time.perf_counter() - t0
             return out
 
-        offline.reference_cache = timed  # only in this worker process
-        self.ctx = offline.build_context(self.cfg)
+        preference.reference_cache = timed  # only in this worker process
+        self.ctx = preference.build_context(self.cfg)
         self.info = {
             "params": n_params(self.ctx.model),
             "ref_once_s": ref_time[0],
@@ -250,7 +250,7 @@ class LmpoDPO:
         for step in range(self.first, self.first + total):
             wait()
             t0 = time.perf_counter()
-            m = self.offline.preference_step(step, self.ctx)
+            m = self.preference.preference_step(step, self.ctx)
             dt = time.perf_counter() - t0
             rows = self.ctx.order.prompts_for_step(step, self.cfg.batch.pairs_per_step)
             prompt = sum(2 * len(data.prompts[i]) for i in rows)  # once per answer, as TRL feeds it

@@ -48,8 +48,8 @@ from lmpo.rewards.rewardset import RewardSet
 from lmpo.rollout.sampler import SamplingConfig
 from lmpo.train.evaluate import evaluate
 from lmpo.train.logging import StepProgress, plot_curves, read_metrics
-from lmpo.train.offline import train_preference
 from lmpo.train.online import RunDirError
+from lmpo.train.preference import train_preference
 
 ROUNDS_FILE = "rounds.jsonl"
 STATS_FILE = "pairs_stats.json"

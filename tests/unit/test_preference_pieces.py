@@ -9,7 +9,7 @@ import torch
 
 from lmpo.core.preference import udm_weight
 from lmpo.data.preference import PreferenceSet
-from lmpo.train.offline import answer_logprobs
+from lmpo.train.preference import answer_logprobs
 from lmpo.train.udm import fit_logistic, prompt_embeddings, udm_weights
 
 
